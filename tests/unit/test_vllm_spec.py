@@ -1,0 +1,110 @@
+"""The one place that turns an instance spec into vLLM flags."""
+
+from __future__ import annotations
+
+import pytest
+from ansible_collections.vllm_fleet.serving.plugins.module_utils import vllm_spec
+
+BASE = {"name": "chat", "model": "llama-3-8b", "revision": "r1", "port": 8000}
+
+
+def test_minimal_cuda_spec_uses_vllm_serve():
+    argv = vllm_spec.server_argv(BASE, "/env/bin/python", "/inst/chat/model", 20)
+    assert argv == [
+        "/env/bin/vllm", "serve", "/inst/chat/model",
+        "--served-model-name", "llama-3-8b",
+        "--host", "0.0.0.0",
+        "--port", "8000",
+        "--shutdown-timeout", "20",
+    ]  # fmt: skip
+
+
+def test_cpu_spec_uses_the_module_entrypoint():
+    argv = vllm_spec.server_argv({**BASE, "device": "cpu"}, "/env/bin/python", "/m", 5)
+    assert argv[:5] == ["/env/bin/python", "-m", vllm_spec.CPU_SERVER_MODULE, "--model", "/m"]
+
+
+def test_every_flag_field():
+    spec = {
+        **BASE,
+        "served_model_name": "chat-8b",
+        "host": "127.0.0.1",
+        "gpus": [0, 1, 2, 3],
+        "tensor_parallel_size": 2,
+        "pipeline_parallel_size": 2,
+        "max_model_len": 8192,
+        "gpu_memory_utilization": 0.85,
+        "dtype": "bfloat16",
+        "quantization": "fp8",
+        "enforce_eager": True,
+        "extra_args": ["--max-num-seqs", "64"],
+    }
+    assert vllm_spec.validate_instance(spec) == []
+    argv = vllm_spec.server_argv(spec, "/e/bin/python", "/m", 30)
+    joined = " ".join(argv)
+    for fragment in (
+        "--served-model-name chat-8b",
+        "--host 127.0.0.1",
+        "--tensor-parallel-size 2",
+        "--pipeline-parallel-size 2",
+        "--max-model-len 8192",
+        "--gpu-memory-utilization 0.85",
+        "--dtype bfloat16",
+        "--quantization fp8",
+        "--enforce-eager",
+        "--shutdown-timeout 30",
+    ):
+        assert fragment in joined
+    assert argv[-2:] == ["--max-num-seqs", "64"]
+    assert vllm_spec.server_environment(spec) == {"CUDA_VISIBLE_DEVICES": "0,1,2,3"}
+
+
+def test_defaults_leave_vllm_defaults_alone():
+    joined = " ".join(vllm_spec.server_argv(BASE, "/e/bin/python", "/m", 1))
+    for flag in ("--dtype", "--max-model-len", "--gpu-memory-utilization", "--quantization", "--enforce-eager"):
+        assert flag not in joined
+
+
+@pytest.mark.parametrize(
+    ("change", "setting"),
+    [
+        ({"port": 70000}, "'port'"),
+        ({"port": "8000"}, "'port'"),
+        ({"device": "tpu"}, "'device'"),
+        ({"dtype": "bf16"}, "'dtype'"),
+        ({"quantization": "int3"}, "'quantization'"),
+        ({"tensor_parallel_size": 0}, "'tensor_parallel_size'"),
+        ({"pipeline_parallel_size": True}, "'pipeline_parallel_size'"),
+        ({"gpu_memory_utilization": 1.5}, "'gpu_memory_utilization'"),
+        ({"max_model_len": -1}, "'max_model_len'"),
+        ({"enforce_eager": "yes"}, "'enforce_eager'"),
+        ({"gpus": [0, "1"]}, "'gpus'"),
+        ({"device": "cpu", "gpus": [0]}, "'gpus'"),
+        ({"extra_args": "--foo"}, "'extra_args'"),
+        ({"extra_args": ["--port=9000"]}, "'extra_args'"),
+        ({"env": {"1BAD": "x"}}, "'env'"),
+        ({"name": "Bad Name"}, "'name'"),
+        ({"model": ""}, "'model'"),
+        ({"modle": "typo"}, "unknown setting"),
+    ],
+)
+def test_invalid_specs_name_the_setting(change, setting):
+    errors = vllm_spec.validate_instance({**BASE, **change})
+    assert errors, change
+    assert any(setting in e for e in errors), errors
+
+
+def test_names_and_ports_unique_per_host():
+    errors = vllm_spec.validate_instances([BASE, {**BASE, "name": "other"}])
+    assert any("'port' must be unique" in e for e in errors)
+    errors = vllm_spec.validate_instances([BASE, {**BASE, "port": 8001}])
+    assert any("'name' must be unique" in e for e in errors)
+
+
+def test_instances_must_be_a_list():
+    assert vllm_spec.validate_instances({"name": "x"})
+
+
+def test_systemd_quoting():
+    assert vllm_spec.systemd_quote(["/bin/x", "--a", "b c", "50%", "$HOME"]) == '/bin/x --a "b c" 50%% $$HOME'
+    assert vllm_spec.systemd_quote(["KEY=a $b"], command=False) == '"KEY=a $b"'
