@@ -1,4 +1,3 @@
-# -*- coding: utf-8 -*-
 """Filters over instance specs; the logic lives in module_utils/vllm_spec.py."""
 
 from __future__ import annotations

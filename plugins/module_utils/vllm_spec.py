@@ -1,4 +1,3 @@
-# -*- coding: utf-8 -*-
 """Instance specs: the one place that turns a served-model spec into a vLLM command line.
 
 An instance spec (a dict from the inventory's `vllm_server_instances`) describes one served
@@ -92,7 +91,9 @@ def validate_instance(spec: Any) -> list[str]:
     if s["max_model_len"] is not None and (not _is_int(s["max_model_len"]) or s["max_model_len"] < 1):
         errors.append(f"{label}: 'max_model_len' must be a positive integer, got {s['max_model_len']!r}")
     util = s["gpu_memory_utilization"]
-    if util is not None and (isinstance(util, bool) or not isinstance(util, (int, float)) or not 0 < util <= 1):
+    if util is not None and (
+        isinstance(util, bool) or not isinstance(util, (int, float)) or not 0 < util <= 1
+    ):
         errors.append(f"{label}: 'gpu_memory_utilization' must be a number in (0, 1], got {util!r}")
     if s["dtype"] not in DTYPES:
         errors.append(f"{label}: 'dtype' must be one of {list(DTYPES)}, got {s['dtype']!r}")

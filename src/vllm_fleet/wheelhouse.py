@@ -306,8 +306,7 @@ def build_manifest(
         "excluded": [{"name": e.name, "version": e.version, "reason": e.reason} for e in excluded],
         "built_from_sdist": sorted(built_from_sdist),
         "wheels": [
-            {"file": w.file, "sha256": w.sha256, "size": w.size}
-            for w in sorted(wheels, key=lambda w: w.file)
+            {"file": w.file, "sha256": w.sha256, "size": w.size} for w in sorted(wheels, key=lambda w: w.file)
         ],
         "wheel_count": len(wheels),
         "total_size": sum(w.size for w in wheels),
@@ -516,9 +515,7 @@ def _assemble(
         if built:
             # Built wheels have their own hashes: pin those, the sdists' hashes mean nothing here.
             kept = [
-                ResolvedPackage(
-                    p.name, p.version, by_name[p.name].file, by_name[p.name].sha256, p.requested
-                )
+                ResolvedPackage(p.name, p.version, by_name[p.name].file, by_name[p.name].sha256, p.requested)
                 if p.name in built
                 else p
                 for p in kept
@@ -584,9 +581,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         choices=sorted(DEVICE_KINDS),
         help="vLLM distribution (default: %(default)s)",
     )
-    parser.add_argument(
-        "--version", default=DEFAULT_VERSION, help="vLLM version (default: %(default)s)"
-    )
+    parser.add_argument("--version", default=DEFAULT_VERSION, help="vLLM version (default: %(default)s)")
     parser.add_argument(
         "--extra",
         action="append",

@@ -33,9 +33,7 @@ def test_import_is_cheap() -> None:
         "import sys, vllm_fleet.models; "
         "print(sorted(m for m in ('torch', 'transformers', 'tokenizers') if m in sys.modules))"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], check=True, capture_output=True, text=True
-    ).stdout
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
     assert out.strip() == "[]"
 
 
@@ -176,9 +174,7 @@ def test_tiny_tokenizer_round_trips_and_chats(tiny_pair: tuple[Path, Path]) -> N
     ]
     prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     assert prompt == (
-        "<|im_start|>system\nBe brief.<|im_end|>\n"
-        "<|im_start|>user\nHello!<|im_end|>\n"
-        "<|im_start|>assistant\n"
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHello!<|im_end|>\n<|im_start|>assistant\n"
     )
     ids = tokenizer.encode(prompt, add_special_tokens=False)
     assert ids.count(tokenizer.convert_tokens_to_ids("<|im_start|>")) == 3

@@ -61,7 +61,13 @@ def test_every_flag_field():
 
 def test_defaults_leave_vllm_defaults_alone():
     joined = " ".join(vllm_spec.server_argv(BASE, "/e/bin/python", "/m", 1))
-    for flag in ("--dtype", "--max-model-len", "--gpu-memory-utilization", "--quantization", "--enforce-eager"):
+    for flag in (
+        "--dtype",
+        "--max-model-len",
+        "--gpu-memory-utilization",
+        "--quantization",
+        "--enforce-eager",
+    ):
         assert flag not in joined
 
 

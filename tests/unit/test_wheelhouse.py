@@ -90,8 +90,7 @@ def test_parse_report_rejects_other_documents() -> None:
 def test_python_tag_comes_from_the_report_environment(report: dict[str, Any]) -> None:
     assert wh.python_tag(report) == "cp311"
     assert (
-        wh.python_tag({"environment": {"implementation_name": "pypy", "python_version": "3.10"}})
-        == "pp310"
+        wh.python_tag({"environment": {"implementation_name": "pypy", "python_version": "3.10"}}) == "pp310"
     )
 
 
