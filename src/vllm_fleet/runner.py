@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import tempfile
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -93,6 +95,19 @@ def ensure_collection_link(root: Path) -> None:
     link.symlink_to(Path("../../.."))
 
 
+KEEP_RUNS = 20
+
+
+def _new_run_dir(runs: Path) -> Path:
+    """A fresh private data dir per run: ansible-runner keeps env/extravars between runs that
+    share one, so a setting of an earlier run would leak into the next. Old runs are pruned."""
+    runs.mkdir(parents=True, exist_ok=True)
+    for old in sorted(p for p in runs.iterdir() if p.is_dir())[:-KEEP_RUNS]:
+        shutil.rmtree(old, ignore_errors=True)
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    return Path(tempfile.mkdtemp(prefix=f"{stamp}-", dir=runs))
+
+
 def run_playbook(
     playbook: str,
     inventory: str | Path,
@@ -105,8 +120,7 @@ def run_playbook(
 
     root = project_dir()
     ensure_collection_link(root)
-    runs = cache_dir() / "runs"
-    runs.mkdir(parents=True, exist_ok=True)
+    private_data_dir = _new_run_dir(cache_dir() / "runs")
     progress = Progress(out)
     # ansible-runner starts ansible-playbook from PATH: use the one beside this interpreter.
     bindir = str(Path(sys.executable).parent)
@@ -115,7 +129,7 @@ def run_playbook(
         "ANSIBLE_CONFIG": str(root / "ansible.cfg"),
     }
     runner = ansible_runner.run(
-        private_data_dir=str(runs),
+        private_data_dir=str(private_data_dir),
         project_dir=str(root),
         playbook=playbook,
         inventory=str(Path(inventory).resolve()),
@@ -124,7 +138,6 @@ def run_playbook(
         envvars=envvars,
         event_handler=progress,
         quiet=True,
-        rotate_artifacts=10,
     )
     return RunResult(
         status=runner.status,
