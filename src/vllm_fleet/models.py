@@ -593,10 +593,7 @@ def main(argv: list[str] | None = None) -> int:
         "--cache",
         type=Path,
         default=None,
-        help=(
-            "cache directory (default: $VLLM_FLEET_CACHE, else $XDG_CACHE_HOME/vllm-fleet, "
-            "else ~/.cache/vllm-fleet)"
-        ),
+        help=("cache directory (default: $VLLM_FLEET_CACHE, else ~/.cache/vllm-fleet)"),
     )
     args = parser.parse_args(argv)
     for name, path in build_all(args.cache or cache_dir()).items():

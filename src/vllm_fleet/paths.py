@@ -23,10 +23,8 @@ def cache_dir() -> Path:
     """Controller-side cache for built artefacts that must survive fresh clones.
 
     Models, wheelhouses and the test-host rootfs are slow to make and never committed:
-    $VLLM_FLEET_CACHE, else $XDG_CACHE_HOME/vllm-fleet, else ~/.cache/vllm-fleet.
-    scripts/testhost-image and the sandbox inventory resolve the same location.
+    $VLLM_FLEET_CACHE, else ~/.cache/vllm-fleet. scripts/testhost-image and the sandbox
+    inventory resolve the same location the same way.
     """
-    if "VLLM_FLEET_CACHE" in os.environ:
-        return Path(os.environ["VLLM_FLEET_CACHE"])
-    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(xdg) / "vllm-fleet"
+    override = os.environ.get("VLLM_FLEET_CACHE")
+    return Path(override) if override else Path.home() / ".cache" / "vllm-fleet"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from ansible_collections.vllm_fleet.serving.plugins.module_utils import vllm_spec
 
@@ -37,7 +39,16 @@ def test_every_flag_field():
         "dtype": "bfloat16",
         "quantization": "fp8",
         "enforce_eager": True,
-        "extra_args": ["--max-num-seqs", "64"],
+        "kv_cache_dtype": "fp8",
+        "max_num_seqs": 64,
+        "max_num_batched_tokens": 8192,
+        "enable_chunked_prefill": True,
+        "enable_prefix_caching": False,
+        "rope_scaling": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768},
+        "reasoning_parser": "qwen3",
+        "default_chat_template_kwargs": {"enable_thinking": False},
+        "trust_remote_code": True,
+        "extra_args": ["--uvicorn-log-level", "warning"],
     }
     assert vllm_spec.validate_instance(spec) == []
     argv = vllm_spec.server_argv(spec, "/e/bin/python", "/m", 30)
@@ -53,9 +64,20 @@ def test_every_flag_field():
         "--quantization fp8",
         "--enforce-eager",
         "--shutdown-timeout 30",
+        "--kv-cache-dtype fp8",
+        "--max-num-seqs 64",
+        "--max-num-batched-tokens 8192",
+        "--enable-chunked-prefill",
+        "--no-enable-prefix-caching",
+        "--reasoning-parser qwen3",
+        "--trust-remote-code",
     ):
         assert fragment in joined
-    assert argv[-2:] == ["--max-num-seqs", "64"]
+    rope = argv[argv.index("--hf-overrides") + 1]
+    assert json.loads(rope) == {"rope_scaling": spec["rope_scaling"]}
+    kwargs = argv[argv.index("--default-chat-template-kwargs") + 1]
+    assert json.loads(kwargs) == {"enable_thinking": False}
+    assert argv[-2:] == ["--uvicorn-log-level", "warning"]
     assert vllm_spec.server_environment(spec) == {"CUDA_VISIBLE_DEVICES": "0,1,2,3"}
 
 
@@ -92,6 +114,16 @@ def test_defaults_leave_vllm_defaults_alone():
         ({"name": "Bad Name"}, "'name'"),
         ({"model": ""}, "'model'"),
         ({"modle": "typo"}, "unknown setting"),
+        ({"kv_cache_dtype": "int3"}, "'kv_cache_dtype'"),
+        ({"max_num_seqs": 0}, "'max_num_seqs'"),
+        ({"max_num_batched_tokens": "lots"}, "'max_num_batched_tokens'"),
+        ({"enable_chunked_prefill": "on"}, "'enable_chunked_prefill'"),
+        ({"enable_prefix_caching": 1}, "'enable_prefix_caching'"),
+        ({"rope_scaling": {"factor": 4}}, "'rope_scaling'"),
+        ({"reasoning_parser": 3}, "'reasoning_parser'"),
+        ({"default_chat_template_kwargs": "enable_thinking=false"}, "'default_chat_template_kwargs'"),
+        ({"trust_remote_code": "yes"}, "'trust_remote_code'"),
+        ({"extra_args": ["--max-num-seqs", "8"]}, "'extra_args'"),
     ],
 )
 def test_invalid_specs_name_the_setting(change, setting):
