@@ -1,9 +1,14 @@
-"""Filters over instance specs; the logic lives in module_utils/vllm_spec.py."""
+"""Filters over instance specs; the logic lives in module_utils (vllm_spec.py, preflight.py)."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from ansible_collections.vllm_fleet.serving.plugins.module_utils.preflight import (
+    expand_declared_gpus,
+    parse_listeners,
+    plan_host,
+)
 from ansible_collections.vllm_fleet.serving.plugins.module_utils.vllm_spec import (
     server_argv,
     server_environment,
@@ -23,4 +28,7 @@ class FilterModule:
             "vllm_server_argv": server_argv,
             "vllm_server_env": server_environment,
             "systemd_quote": systemd_quote,
+            "vllm_plan": plan_host,
+            "vllm_declared_gpus": expand_declared_gpus,
+            "ss_listeners": parse_listeners,
         }

@@ -176,9 +176,15 @@ def validate_instances(specs: Any) -> list[str]:
     return errors
 
 
-def server_argv(spec: dict[str, Any], python: str, model_path: str, shutdown_timeout: int) -> list[str]:
-    """The vLLM API server's argument vector for a valid spec (secrets never appear here)."""
+def server_argv(spec: dict[str, Any], instance_root: str, shutdown_timeout: int) -> list[str]:
+    """The vLLM API server's argument vector for a valid spec (secrets never appear here).
+
+    The server runs what the instance's links point at: <instance_root>/<name>/env (the Python
+    environment) and <instance_root>/<name>/model (the model revision).
+    """
     s = with_defaults(spec)
+    python = f"{instance_root}/{s['name']}/env/bin/python"
+    model_path = f"{instance_root}/{s['name']}/model"
     if s["device"] == "cpu":
         argv = [python, "-m", CPU_SERVER_MODULE, "--model", model_path]
     else:

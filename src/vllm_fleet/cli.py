@@ -6,8 +6,10 @@ It holds no deployment logic: playbooks and roles decide, this module runs and r
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from vllm_fleet.paths import cache_dir, project_dir
 from vllm_fleet.runner import RunResult, run_playbook
@@ -19,6 +21,7 @@ DEMO_QUESTION = "What is the capital of France? Answer in one sentence."
 
 EXIT_OK = 0
 EXIT_FAILED = 2
+EXIT_REFUSED = 3  # preflight refused the input: nothing was changed
 
 
 def _report(result: RunResult) -> int:
@@ -33,6 +36,54 @@ def _report(result: RunResult) -> int:
         print(f"\nrun {result.status} (rc={result.rc})", file=sys.stderr)
         for line in result.failures:
             print(f"  {line}", file=sys.stderr)
+    return EXIT_OK if result.ok else EXIT_FAILED
+
+
+def _print_plan(plans: dict[str, dict[str, Any]]) -> None:
+    marks = {"pass": "ok  ", "fail": "FAIL", "not checked": "--  "}
+    for host, plan in sorted(plans.items()):
+        print(f"{host}")
+        for error in plan.get("host_errors", []):
+            print(f"  FAIL {error}")
+        for instance in plan.get("instances", []):
+            print(f"  instance {instance['instance']}")
+            if instance.get("command"):
+                print(f"    $ {instance['command']}")
+            for check in instance["checks"]:
+                print(
+                    f"    {marks.get(check['status'], check['status'])} {check['check']}: {check['detail']}"
+                )
+        print()
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    """Check every instance against its host and model and print the vLLM command lines.
+
+    Nothing changes on any host. With --offline no host is contacted: the hardware comes from
+    vllm_server_declared_gpus in the inventory, and checks that need the hosts say "not checked".
+    """
+    result = run_playbook(
+        "playbooks/plan.yml",
+        args.inventory,
+        {"vllm_server_plan_offline": args.offline},
+        limit=args.limit,
+        quiet=args.json,
+    )
+    plans = {h: f["vllm_server_plan"] for h, f in result.facts.items() if "vllm_server_plan" in f}
+    refused = any(not p["ok"] for p in plans.values())
+    if args.json:
+        doc = {
+            "ok": result.ok and not refused,
+            "offline": args.offline,
+            "hosts": plans,
+            "errors": result.failures,
+        }
+        print(json.dumps(doc, indent=2, sort_keys=True))
+    else:
+        _print_plan(plans)
+        _report(result)
+    if refused:
+        return EXIT_REFUSED
     return EXIT_OK if result.ok else EXIT_FAILED
 
 
@@ -110,6 +161,21 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("-i", "--inventory", type=Path, required=True, help="inventory file or directory")
     up.add_argument("--limit", help="only these hosts or groups (Ansible pattern)")
     up.set_defaults(func=cmd_up)
+
+    plan = sub.add_parser(
+        "plan",
+        help="check the inventory's instances and print their vLLM command lines (changes nothing)",
+        description=cmd_plan.__doc__,
+    )
+    plan.add_argument("-i", "--inventory", type=Path, required=True, help="inventory file or directory")
+    plan.add_argument("--limit", help="only these hosts or groups (Ansible pattern)")
+    plan.add_argument(
+        "--offline",
+        action="store_true",
+        help="contact no host: plan from the hardware the inventory declares",
+    )
+    plan.add_argument("--json", action="store_true", help="print one JSON document instead of text")
+    plan.set_defaults(func=cmd_plan)
 
     build = sub.add_parser(
         "build",

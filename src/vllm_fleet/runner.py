@@ -42,6 +42,8 @@ class RunResult:
     rc: int
     hosts: dict[str, HostTally] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
+    # Facts the playbook set, per host (e.g. vllm_server_plan), as the runner events carry them.
+    facts: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -51,10 +53,12 @@ class RunResult:
 class Progress:
     """Turns runner events into one line per task and a tally per host."""
 
-    def __init__(self, out: TextIO = sys.stderr) -> None:
+    def __init__(self, out: TextIO = sys.stderr, quiet: bool = False) -> None:
         self.out = out
+        self.quiet = quiet
         self.hosts: dict[str, HostTally] = defaultdict(HostTally)
         self.failures: list[str] = []
+        self.facts: dict[str, dict[str, Any]] = defaultdict(dict)
         self._started = time.monotonic()
 
     def __call__(self, event: dict[str, Any]) -> bool:
@@ -74,6 +78,8 @@ class Progress:
             setattr(tally, counter, getattr(tally, counter) + 1)
             if counter == "ok" and res.get("changed"):
                 tally.changed += 1
+            if counter == "ok" and isinstance(res.get("ansible_facts"), dict):
+                self.facts[host].update(res["ansible_facts"])
             if counter in ("failed", "unreachable"):
                 msg = res.get("msg") or res.get("stderr") or "see the runner artifacts"
                 line = f"{host}: {data.get('task', '')}: {msg}"
@@ -82,6 +88,8 @@ class Progress:
         return True
 
     def _print(self, line: str) -> None:
+        if self.quiet:
+            return
         elapsed = time.monotonic() - self._started
         print(f"[{elapsed:6.1f}s] {line}", file=self.out, flush=True)
 
@@ -114,6 +122,7 @@ def run_playbook(
     extravars: dict[str, Any] | None = None,
     limit: str | None = None,
     out: TextIO = sys.stderr,
+    quiet: bool = False,
 ) -> RunResult:
     """Run a playbook of the collection (path relative to its root) with live progress."""
     import ansible_runner
@@ -121,7 +130,7 @@ def run_playbook(
     root = project_dir()
     ensure_collection_link(root)
     private_data_dir = _new_run_dir(cache_dir() / "runs")
-    progress = Progress(out)
+    progress = Progress(out, quiet=quiet)
     # ansible-runner starts ansible-playbook from PATH: use the one beside this interpreter.
     bindir = str(Path(sys.executable).parent)
     envvars = {
@@ -144,4 +153,5 @@ def run_playbook(
         rc=runner.rc,
         hosts=dict(progress.hosts),
         failures=progress.failures,
+        facts=dict(progress.facts),
     )

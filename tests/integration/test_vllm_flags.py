@@ -74,7 +74,7 @@ def vllm_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.integration
 def test_vllm_parses_every_spec_field(vllm_python: Path) -> None:
-    argv = vllm_spec.server_argv(EVERY_FIELD, "/env/bin/python", "/models/m", 20)
+    argv = vllm_spec.server_argv(EVERY_FIELD, "/inst", 20)
     assert argv[1:3] == ["-m", vllm_spec.CPU_SERVER_MODULE]
     proc = subprocess.run(
         [str(vllm_python), "-c", PARSE, json.dumps(argv[3:])],
@@ -84,7 +84,7 @@ def test_vllm_parses_every_spec_field(vllm_python: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     args = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert args["model"] == "/models/m"
+    assert args["model"] == "/inst/chat/model"
     assert args["served_model_name"] == ["chat-8b"]
     assert args["tensor_parallel_size"] == 2
     assert args["pipeline_parallel_size"] == 2

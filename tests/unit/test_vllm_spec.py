@@ -11,9 +11,9 @@ BASE = {"name": "chat", "model": "llama-3-8b", "revision": "r1", "port": 8000}
 
 
 def test_minimal_cuda_spec_uses_vllm_serve():
-    argv = vllm_spec.server_argv(BASE, "/env/bin/python", "/inst/chat/model", 20)
+    argv = vllm_spec.server_argv(BASE, "/inst", 20)
     assert argv == [
-        "/env/bin/vllm", "serve", "/inst/chat/model",
+        "/inst/chat/env/bin/vllm", "serve", "/inst/chat/model",
         "--served-model-name", "llama-3-8b",
         "--host", "0.0.0.0",
         "--port", "8000",
@@ -22,8 +22,9 @@ def test_minimal_cuda_spec_uses_vllm_serve():
 
 
 def test_cpu_spec_uses_the_module_entrypoint():
-    argv = vllm_spec.server_argv({**BASE, "device": "cpu"}, "/env/bin/python", "/m", 5)
-    assert argv[:5] == ["/env/bin/python", "-m", vllm_spec.CPU_SERVER_MODULE, "--model", "/m"]
+    argv = vllm_spec.server_argv({**BASE, "device": "cpu"}, "/inst", 5)
+    python, model = "/inst/chat/env/bin/python", "/inst/chat/model"
+    assert argv[:5] == [python, "-m", vllm_spec.CPU_SERVER_MODULE, "--model", model]
 
 
 def test_every_flag_field():
@@ -51,7 +52,7 @@ def test_every_flag_field():
         "extra_args": ["--uvicorn-log-level", "warning"],
     }
     assert vllm_spec.validate_instance(spec) == []
-    argv = vllm_spec.server_argv(spec, "/e/bin/python", "/m", 30)
+    argv = vllm_spec.server_argv(spec, "/inst", 30)
     joined = " ".join(argv)
     for fragment in (
         "--served-model-name chat-8b",
@@ -82,7 +83,7 @@ def test_every_flag_field():
 
 
 def test_defaults_leave_vllm_defaults_alone():
-    joined = " ".join(vllm_spec.server_argv(BASE, "/e/bin/python", "/m", 1))
+    joined = " ".join(vllm_spec.server_argv(BASE, "/inst", 1))
     for flag in (
         "--dtype",
         "--max-model-len",

@@ -1,0 +1,362 @@
+"""The preflight planner: every instance of a host checked against the host and the model.
+
+Pure functions over plain data, so the planner runs the same in a playbook (through the
+`vllm_plan` filter), in unit tests and for `vllm-fleet plan`:
+
+- the instance specs of one host (`vllm_server_instances`);
+- the host's GPUs: the `vllm_fleet_gpus` fact of the gpu_facts module, or the hardware an
+  inventory declares for fleets not built yet (`--offline`);
+- the models: for each `name@revision`, its config.json and the size of its weight files, read
+  on the controller from model_sync's source directories;
+- the TCP listeners on the host and the main PIDs of the host's vLLM units (online only).
+
+Each check ends as `pass`, `fail` or `not checked` (its input is missing: it never passes then).
+"""
+
+from __future__ import annotations
+
+import shlex
+from typing import Any
+
+from ansible_collections.vllm_fleet.serving.plugins.module_utils.vllm_spec import (
+    server_argv,
+    validate_instance,
+    validate_instances,
+    with_defaults,
+)
+
+PASS = "pass"
+FAIL = "fail"
+NOT_CHECKED = "not checked"
+
+# Keys under which model configs state their context length, most specific first.
+_CONTEXT_KEYS = ("max_position_embeddings", "max_sequence_length", "seq_length", "n_positions", "max_seq_len")
+_DTYPE_BYTES = {"float32": 4, "float": 4, "bfloat16": 2, "float16": 2, "half": 2}
+# Quantization methods that read the same checkpoints (vLLM upgrades awq to awq_marlin, ...).
+_QUANT_FAMILIES = {"awq_marlin": "awq", "gptq_marlin": "gptq", "fbgemm_fp8": "fp8"}
+GIB = 1024**3
+
+
+def _check(name: str, status: str, detail: str) -> dict[str, str]:
+    return {"check": name, "status": status, "detail": detail}
+
+
+def expand_declared_gpus(declared: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Hardware an inventory declares, in the shape of the gpu_facts module's vllm_fleet_gpus.
+
+    `{count: 8, name: H100, memory_total_mib: 81559, compute_capability: "9.0"}` stands for
+    eight identical GPUs; a `devices` list is taken as it is.
+    """
+    if not declared:
+        return None
+    if "devices" in declared:
+        return {"status": "declared", "count": len(declared["devices"]), **declared}
+    count = int(declared.get("count", 0))
+    device = {k: declared.get(k) for k in ("name", "memory_total_mib", "compute_capability")}
+    devices = [{"index": i, **device} for i in range(count)]
+    return {"status": "declared", "count": count, "devices": devices}
+
+
+def text_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The language model's part of a config (multimodal configs nest it under text_config)."""
+    nested = config.get("text_config")
+    return nested if isinstance(nested, dict) else config
+
+
+def _context_length(config: dict[str, Any]) -> int | None:
+    for key in _CONTEXT_KEYS:
+        if isinstance(config.get(key), int):
+            return int(config[key])
+    return None
+
+
+def _model_dtype(config: dict[str, Any]) -> str | None:
+    dtype = config.get("torch_dtype") or config.get("dtype")
+    return dtype if isinstance(dtype, str) else None
+
+
+def _head_dim(config: dict[str, Any]) -> int | None:
+    if isinstance(config.get("head_dim"), int):
+        return int(config["head_dim"])
+    hidden, heads = config.get("hidden_size"), config.get("num_attention_heads")
+    if isinstance(hidden, int) and isinstance(heads, int) and heads:
+        return hidden // heads
+    return None
+
+
+def _cc(value: Any) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def check_gpus(spec: dict[str, Any], gpus: dict[str, Any] | None) -> list[dict[str, str]]:
+    """GPU count against TP x PP, the GPUs' existence, and the host's driver state."""
+    s = with_defaults(spec)
+    world = s["tensor_parallel_size"] * s["pipeline_parallel_size"]
+    if s["device"] == "cpu":
+        return [_check("gpus", PASS, "device cpu: the instance owns no GPU")]
+    out = []
+    owned = s["gpus"]
+    if world != len(owned):
+        out.append(
+            _check(
+                "gpus",
+                FAIL,
+                f"tensor_parallel_size x pipeline_parallel_size = {world} must equal the number of "
+                f"GPUs in 'gpus' ({len(owned)}: {owned})",
+            )
+        )
+    else:
+        out.append(_check("gpus", PASS, f"TP x PP = {world} = GPUs owned {owned}"))
+    if gpus is None:
+        out.append(_check("gpus_present", NOT_CHECKED, "no GPU facts: neither gathered nor declared"))
+        return out
+    count = int(gpus.get("count") or 0)
+    if count == 0:
+        reason = gpus.get("reason") or gpus.get("status") or "none found"
+        out.append(
+            _check(
+                "gpus_present",
+                FAIL,
+                f"device cuda needs NVIDIA GPUs, the host has none ({reason}); "
+                "set device: cpu for the CPU build of vLLM, or fix the driver",
+            )
+        )
+        return out
+    missing = [g for g in owned if g >= count]
+    if missing:
+        out.append(
+            _check("gpus_present", FAIL, f"'gpus' {missing} do not exist: the host has GPUs 0..{count - 1}")
+        )
+    else:
+        out.append(_check("gpus_present", PASS, f"host has {count} GPUs"))
+    return out
+
+
+def check_dtype(spec: dict[str, Any], gpus: dict[str, Any] | None, config: dict[str, Any] | None):
+    """bfloat16 needs compute capability 8.0 or newer; `auto` falls back to float16 below it."""
+    s = with_defaults(spec)
+    if s["device"] == "cpu":
+        return [_check("dtype", PASS, f"device cpu: dtype {s['dtype']}")]
+    devices = {d.get("index"): d for d in (gpus or {}).get("devices", [])}
+    caps = [_cc(devices.get(g, {}).get("compute_capability")) for g in s["gpus"]]
+    if not s["gpus"] or any(c is None for c in caps):
+        return [_check("dtype", NOT_CHECKED, "compute capability of the owned GPUs unknown")]
+    lowest = min(c for c in caps if c is not None)
+    wants_bf16 = s["dtype"] == "bfloat16" or (
+        s["dtype"] == "auto" and config is not None and _model_dtype(text_config(config)) == "bfloat16"
+    )
+    if not wants_bf16 or lowest >= 8.0:
+        return [_check("dtype", PASS, f"dtype {s['dtype']} on compute capability {lowest}")]
+    if s["dtype"] == "auto":
+        return [
+            _check(
+                "dtype",
+                PASS,
+                f"the model is bfloat16 but compute capability {lowest} < 8.0: auto serves it as float16",
+            )
+        ]
+    return [
+        _check(
+            "dtype",
+            FAIL,
+            f"dtype bfloat16 needs compute capability >= 8.0, GPUs {s['gpus']} have {lowest}; "
+            "use dtype: half (or auto)",
+        )
+    ]
+
+
+def check_model(spec: dict[str, Any], model: dict[str, Any] | None) -> list[dict[str, str]]:
+    """Parallelism, context length and quantization against the model's config.json."""
+    s = with_defaults(spec)
+    names = ("tp_divides_heads", "pp_within_layers", "max_model_len", "quantization")
+    if not model:
+        why = f"no config.json at hand: {s['model']}@{s['revision']} is not in model_sync_models"
+        return [_check(n, NOT_CHECKED, why) for n in names]
+    if not isinstance(model.get("config"), dict):
+        why = f"no config.json at hand: the source of {s['model']}@{s['revision']} on the controller has none"
+        return [_check(n, NOT_CHECKED, why) for n in names]
+    full = model["config"]
+    config = text_config(full)
+    out = []
+    tp, pp = s["tensor_parallel_size"], s["pipeline_parallel_size"]
+    heads = config.get("num_attention_heads")
+    kv_heads = config.get("num_key_value_heads", heads)
+    if not isinstance(heads, int) or not isinstance(kv_heads, int):
+        out.append(_check(names[0], NOT_CHECKED, "config.json has no num_attention_heads"))
+    elif heads % tp:
+        out.append(
+            _check(names[0], FAIL, f"tensor_parallel_size {tp} must divide the {heads} attention heads")
+        )
+    elif kv_heads % tp and tp % kv_heads:
+        # vLLM splits KV heads over the ranks, or replicates them when there are fewer than TP.
+        out.append(
+            _check(
+                names[0],
+                FAIL,
+                f"tensor_parallel_size {tp} and the {kv_heads} KV heads must divide one another",
+            )
+        )
+    else:
+        out.append(_check(names[0], PASS, f"{heads} attention heads, {kv_heads} KV heads, TP {tp}"))
+    layers = config.get("num_hidden_layers")
+    if not isinstance(layers, int):
+        out.append(_check(names[1], NOT_CHECKED, "config.json has no num_hidden_layers"))
+    elif pp > layers:
+        out.append(
+            _check(names[1], FAIL, f"pipeline_parallel_size {pp} must not exceed the model's {layers} layers")
+        )
+    else:
+        out.append(_check(names[1], PASS, f"PP {pp} <= {layers} layers"))
+    context = _context_length(config)
+    wanted = s["max_model_len"]
+    if wanted is None:
+        out.append(_check(names[2], PASS, f"unset: vLLM uses the model's context ({context})"))
+    elif context is None:
+        out.append(_check(names[2], NOT_CHECKED, "config.json states no context length"))
+    elif wanted > context and not s["rope_scaling"]:
+        out.append(
+            _check(
+                names[2],
+                FAIL,
+                f"max_model_len {wanted} exceeds the model's context {context}; lower it or set rope_scaling",
+            )
+        )
+    else:
+        out.append(_check(names[2], PASS, f"max_model_len {wanted}, model context {context}"))
+    own = (full.get("quantization_config") or {}).get("quant_method")
+    wanted_q = s["quantization"]
+    if own and wanted_q and _QUANT_FAMILIES.get(wanted_q, wanted_q) != _QUANT_FAMILIES.get(own, own):
+        out.append(
+            _check(
+                names[3],
+                FAIL,
+                f"quantization {wanted_q} contradicts the model's own {own}; leave it unset or use {own}",
+            )
+        )
+    else:
+        out.append(_check(names[3], PASS, f"model: {own or 'not quantized'}, spec: {wanted_q or 'unset'}"))
+    return out
+
+
+def check_memory(spec: dict[str, Any], gpus: dict[str, Any] | None, model: dict[str, Any] | None):
+    """Estimate: weights plus one max_model_len sequence of KV cache per GPU vs the budget."""
+    s = with_defaults(spec)
+    name = "memory_estimate"
+    if s["device"] == "cpu":
+        return [
+            _check(name, NOT_CHECKED, "device cpu: no GPU memory to plan (VLLM_CPU_KVCACHE_SPACE sets RAM)")
+        ]
+    if not model or not model.get("weights_bytes") or not isinstance(model.get("config"), dict):
+        return [_check(name, NOT_CHECKED, "model weights or config.json not at hand")]
+    devices = {d.get("index"): d for d in (gpus or {}).get("devices", [])}
+    totals = [devices.get(g, {}).get("memory_total_mib") for g in s["gpus"]]
+    if not s["gpus"] or any(not isinstance(t, int) for t in totals):
+        return [_check(name, NOT_CHECKED, "memory of the owned GPUs unknown")]
+    config = text_config(model["config"])
+    world = s["tensor_parallel_size"] * s["pipeline_parallel_size"]
+    weights = model["weights_bytes"] / world
+    context = s["max_model_len"] or _context_length(config) or 0
+    kv_bytes = 1 if s["kv_cache_dtype"].startswith("fp8") else _DTYPE_BYTES.get(_model_dtype(config) or "", 2)
+    head_dim = _head_dim(config)
+    layers, kv_heads = config.get("num_hidden_layers"), config.get("num_key_value_heads")
+    kv_heads = kv_heads if isinstance(kv_heads, int) else config.get("num_attention_heads")
+    if not (head_dim and isinstance(layers, int) and isinstance(kv_heads, int)):
+        return [_check(name, NOT_CHECKED, "config.json lacks layers, heads or head size")]
+    kv = 2 * layers * kv_heads * head_dim * kv_bytes * context / world
+    utilization = s["gpu_memory_utilization"] or 0.9
+    budget = utilization * min(t for t in totals if isinstance(t, int)) * 1024**2
+    detail = (
+        f"estimate per GPU: weights {weights / GIB:.1f} GiB + KV cache for one {context}-token "
+        f"sequence {kv / GIB:.2f} GiB vs {utilization} x memory = {budget / GIB:.1f} GiB"
+    )
+    return [_check(name, FAIL if weights + kv > budget else PASS, detail)]
+
+
+def check_port(spec: dict[str, Any], listeners: list[dict[str, Any]] | None, main_pids: dict[str, int]):
+    """The port is free, or held by this very instance (a running vllm-<name> service)."""
+    s = with_defaults(spec)
+    if listeners is None:
+        return [_check("port_free", NOT_CHECKED, "offline: the host's listeners are not known")]
+    holders = {
+        int(entry["pid"]) for entry in listeners if entry.get("port") == s["port"] and entry.get("pid")
+    }
+    anonymous = [e for e in listeners if e.get("port") == s["port"] and not e.get("pid")]
+    if not holders and not anonymous:
+        return [_check("port_free", PASS, f"port {s['port']} is free")]
+    own = main_pids.get(s["name"])
+    if own and holders == {own} and not anonymous:
+        return [_check("port_free", PASS, f"port {s['port']} is held by this instance (pid {own})")]
+    return [
+        _check(
+            "port_free",
+            FAIL,
+            f"port {s['port']} is in use on the host by another process (pids {sorted(holders) or '?'}); "
+            "choose another 'port'",
+        )
+    ]
+
+
+def plan_host(
+    instances: Any,
+    gpus: dict[str, Any] | None,
+    models: dict[str, dict[str, Any]],
+    listeners: list[dict[str, Any]] | None,
+    main_pids: dict[str, int],
+    instance_root: str,
+    shutdown_timeout: int,
+) -> dict[str, Any]:
+    """The plan of one host: each instance's command line and checks, and the host's errors."""
+    host_errors = [e for e in validate_instances(instances) if e.startswith("vllm_server_instances")]
+    plans = []
+    owners: dict[int, list[str]] = {}
+    for spec in instances if isinstance(instances, list) else []:
+        errors = validate_instance(spec)
+        name = spec.get("name", "?") if isinstance(spec, dict) else "?"
+        if errors:
+            plans.append(
+                {"instance": name, "command": None, "checks": [_check("spec", FAIL, e) for e in errors]}
+            )
+            continue
+        s = with_defaults(spec)
+        for g in s["gpus"]:
+            owners.setdefault(g, []).append(s["name"])
+        model = models.get(f"{s['model']}@{s['revision']}")
+        config = model.get("config") if model else None
+        checks = [_check("spec", PASS, "settings are valid")]
+        checks += check_gpus(s, gpus)
+        checks += check_dtype(s, gpus, config)
+        checks += check_model(s, model)
+        checks += check_memory(s, gpus, model)
+        checks += check_port(s, listeners, main_pids)
+        argv = server_argv(s, instance_root, shutdown_timeout)
+        plans.append({"instance": s["name"], "command": shlex.join(argv), "argv": argv, "checks": checks})
+    shared = {g: names for g, names in owners.items() if len(names) > 1}
+    for gpu, names in sorted(shared.items()):
+        host_errors.append(f"vllm_server_instances: GPU {gpu} is owned by several instances: {names}")
+    failures = list(host_errors)
+    for plan in plans:
+        failures += [
+            f"instance {plan['instance']}: {c['detail']}" for c in plan["checks"] if c["status"] == FAIL
+        ]
+    return {"instances": plans, "host_errors": host_errors, "failures": failures, "ok": not failures}
+
+
+def parse_listeners(ss_output: str) -> list[dict[str, Any]]:
+    """TCP listeners from `ss -Hltnp`: port and owning pid (None when ss cannot tell)."""
+    listeners = []
+    for line in ss_output.splitlines():
+        fields = line.split()
+        if len(fields) < 4:
+            continue
+        local = fields[3]
+        port = local.rsplit(":", 1)[-1]
+        if not port.isdigit():
+            continue
+        pid = None
+        if "pid=" in line:
+            pid = int(line.split("pid=", 1)[1].split(",", 1)[0].split(")", 1)[0])
+        listeners.append({"port": int(port), "pid": pid})
+    return listeners

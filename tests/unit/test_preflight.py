@@ -1,0 +1,160 @@
+"""The preflight planner: specs against the host's GPUs and ports and the model's config.json."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from ansible_collections.vllm_fleet.serving.plugins.module_utils import preflight
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+BAD_SPECS = yaml.safe_load((FIXTURES / "bad_specs.yml").read_text())
+
+BASE = {"name": "chat", "model": "llama-3-8b", "revision": "r1", "port": 8000, "gpus": [0]}
+# Llama-3-8B's published config.json, in the fields the planner reads; bf16 weights of 16.06 GB.
+LLAMA3_8B = {
+    "architectures": ["LlamaForCausalLM"],
+    "hidden_size": 4096,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "num_hidden_layers": 32,
+    "max_position_embeddings": 8192,
+    "torch_dtype": "bfloat16",
+}
+WEIGHTS = 16_060_522_496
+
+
+def host(count: int = 8, cc: str = "9.0", memory_mib: int = 81559) -> dict[str, Any]:
+    return preflight.expand_declared_gpus(
+        {"count": count, "name": "GPU", "memory_total_mib": memory_mib, "compute_capability": cc}
+    ) or {"count": 0, "devices": [], "status": "no_devices", "reason": "No devices were found"}
+
+
+def plan(
+    instances: list[dict[str, Any]],
+    gpus: dict[str, Any] | None = None,
+    model: dict[str, Any] | None = None,
+    listeners: list[dict[str, Any]] | None = None,
+    main_pids: dict[str, int] | None = None,
+) -> dict[str, Any]:
+    models = {"llama-3-8b@r1": {"config": {**LLAMA3_8B, **(model or {})}, "weights_bytes": WEIGHTS}}
+    return preflight.plan_host(
+        instances, host() if gpus is None else gpus, models, listeners or [], main_pids or {}, "/inst", 20
+    )
+
+
+def statuses(result: dict[str, Any], index: int = 0) -> dict[str, str]:
+    return {c["check"]: c["status"] for c in result["instances"][index]["checks"]}
+
+
+def test_valid_spec_passes_every_check_and_has_its_command():
+    result = plan([BASE])
+    assert result["ok"], result["failures"]
+    assert set(statuses(result).values()) == {"pass"}
+    instance = result["instances"][0]
+    assert instance["command"].startswith("/inst/chat/env/bin/vllm serve /inst/chat/model")
+    assert instance["argv"][instance["argv"].index("--port") + 1] == "8000"
+
+
+@pytest.mark.parametrize("case", BAD_SPECS, ids=[c["why"] for c in BAD_SPECS])
+def test_bad_spec_is_refused_naming_the_setting(case):
+    gpus = host(
+        count=case.get("host_gpus", 8),
+        cc=case.get("host_cc", "9.0"),
+        memory_mib=case.get("host_memory_mib", 81559),
+    )
+    result = plan(
+        [{**BASE, **case["spec"]}], gpus=gpus, model=case.get("model"), listeners=case.get("listeners")
+    )
+    assert not result["ok"]
+    assert any(case["expect"] in failure for failure in result["failures"]), result["failures"]
+
+
+def test_corpus_is_large_enough():
+    assert len(BAD_SPECS) >= 25
+
+
+def test_missing_config_is_not_checked_never_passed():
+    result = preflight.plan_host([BASE], host(), {}, [], {}, "/inst", 20)
+    checks = statuses(result)
+    for name in ("tp_divides_heads", "pp_within_layers", "max_model_len", "quantization", "memory_estimate"):
+        assert checks[name] == "not checked"
+    detail = next(c["detail"] for c in result["instances"][0]["checks"] if c["check"] == "tp_divides_heads")
+    assert "not in model_sync_models" in detail
+    assert result["ok"]  # nothing failed: the plan says what it could not check
+
+
+def test_offline_without_declared_hardware_does_not_check_gpus():
+    result = preflight.plan_host([BASE], None, {}, None, {}, "/inst", 20)
+    checks = statuses(result)
+    assert checks["gpus_present"] == "not checked"
+    assert checks["dtype"] == "not checked"
+    assert checks["port_free"] == "not checked"
+
+
+def test_auto_dtype_on_old_gpu_falls_back_to_half():
+    result = plan([{**BASE, "dtype": "auto"}], gpus=host(cc="7.5"))
+    assert result["ok"]
+    detail = next(c["detail"] for c in result["instances"][0]["checks"] if c["check"] == "dtype")
+    assert "float16" in detail
+
+
+def test_kv_heads_fewer_than_tp_are_replicated():
+    spec = {**BASE, "tensor_parallel_size": 8, "gpus": list(range(8))}
+    assert plan([spec], model={"num_key_value_heads": 4})["ok"]
+    assert not plan([spec], model={"num_key_value_heads": 3})["ok"]
+
+
+def test_rope_scaling_allows_a_longer_context():
+    spec = {**BASE, "max_model_len": 32768, "rope_scaling": {"rope_type": "yarn", "factor": 4.0}}
+    assert plan([spec])["ok"]
+
+
+def test_gpu_owned_by_two_instances():
+    result = plan([BASE, {**BASE, "name": "other", "port": 8001}])
+    assert any("GPU 0 is owned by several instances" in f for f in result["failures"])
+
+
+def test_port_repeated_on_a_host():
+    result = plan([BASE, {**BASE, "name": "other", "gpus": [1]}])
+    assert any("'port' must be unique on a host" in f for f in result["failures"])
+
+
+def test_port_held_by_the_instance_itself_is_fine():
+    listeners = [{"port": 8000, "pid": 321}]
+    assert plan([BASE], listeners=listeners, main_pids={"chat": 321})["ok"]
+    assert not plan([BASE], listeners=listeners, main_pids={"chat": 999})["ok"]
+
+
+def test_cpu_instance_needs_no_gpu():
+    spec = {**BASE, "device": "cpu", "gpus": []}
+    result = plan([spec], gpus=host(count=0))
+    assert result["ok"], result["failures"]
+    assert statuses(result)["memory_estimate"] == "not checked"
+
+
+def test_multimodal_config_reads_text_config():
+    config = {"text_config": LLAMA3_8B, "vision_config": {"num_attention_heads": 7}}
+    models = {"llama-3-8b@r1": {"config": config, "weights_bytes": WEIGHTS}}
+    result = preflight.plan_host(
+        [{**BASE, "tensor_parallel_size": 2, "gpus": [0, 1]}], host(), models, [], {}, "/i", 20
+    )
+    assert result["ok"], result["failures"]
+
+
+def test_listeners_from_real_ss_output():
+    # Recorded with `ss -Hltnp` inside a sandbox test host (sshd listening, Docker's DNS port).
+    listeners = preflight.parse_listeners((FIXTURES / "ss-Hltnp_testhost.txt").read_text())
+    assert {"port": 22, "pid": 37} in listeners
+    assert any(entry["pid"] is None for entry in listeners)
+
+
+def test_declared_gpus_expand_to_devices():
+    gpus = preflight.expand_declared_gpus(
+        {"count": 2, "name": "T4", "memory_total_mib": 15360, "compute_capability": "7.5"}
+    )
+    assert gpus is not None and gpus["count"] == 2
+    assert [d["index"] for d in gpus["devices"]] == [0, 1]
+    assert preflight.expand_declared_gpus({}) is None
