@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from openai import AuthenticationError, OpenAI
 
-from vllm_fleet.paths import cache_dir
+from vllm_fleet.paths import cache_dir, project_dir
 
 UNIT = "vllm-tiny.service"
 PORT = 8000
@@ -116,3 +120,67 @@ def test_shared_memory_cleanup_installed(host):
     unit = host.file(f"/etc/systemd/system/{UNIT}").content_string
     assert "ExecStopPost=-/usr/local/libexec/vllm-fleet/vllm-shm-cleanup" in unit
     assert host.file("/usr/local/libexec/vllm-fleet/vllm-shm-cleanup").mode == 0o755
+
+
+def test_host_is_air_gapped(host):
+    # Everything came from the controller: the host sits only on Docker networks marked
+    # internal (no route out; Docker drops what tries to leave them).
+    name = host.check_output("hostname")
+    networks = json.loads(
+        subprocess.run(
+            ["docker", "inspect", "-f", "{{ json .NetworkSettings.Networks }}", name],
+            capture_output=True, text=True, check=True,
+        ).stdout
+    )  # fmt: skip
+    assert networks
+    for network in networks:
+        internal = subprocess.run(
+            ["docker", "network", "inspect", "-f", "{{ .Internal }}", network],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()  # fmt: skip
+        assert internal == "true", f"{name} is on network {network}, which has a route out"
+
+
+# What a converge could touch on the host: units, secrets, instance links, stores.
+HOST_STATE = (
+    "find /etc/systemd/system /etc/vllm-fleet /var/lib/vllm-fleet /opt/vllm-fleet/envs -maxdepth 3 "
+    "-printf '%p %s %T@ %l\\n' | sort | sha256sum"
+)
+
+
+def test_bad_spec_is_refused_before_the_host_changes(host, tmp_path):
+    """site.yml with an invalid spec stops in the preflight: nothing changes, nothing restarts."""
+    inventory = os.environ.get("MOLECULE_INVENTORY_FILE")
+    assert inventory, "run under Molecule: no MOLECULE_INVENTORY_FILE"
+    before = host.run(HOST_STATE).stdout
+    pid = host.run(f"systemctl show -p MainPID --value {UNIT}").stdout.strip()
+    bad = tmp_path / "bad.yml"
+    bad.write_text(
+        json.dumps({
+            "vllm_server_instances": [
+                {"name": "tiny", "model": "tiny-llama", "revision": "seed0", "port": 8000,
+                 "device": "cpu", "max_model_len": 4096, "enforce_eager": True},
+                {"name": "other", "model": "tiny-llama", "revision": "seed0", "port": 8000,
+                 "device": "cpu", "dtype": "bf16"},
+            ]
+        })
+    )  # fmt: skip
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "ansible-playbook"), "site.yml", "-i", inventory, "-e", f"@{bad}"],
+        cwd=project_dir(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0, output[-3000:]
+    for message in (
+        "max_model_len 4096 exceeds the model's context 2048",
+        "'dtype' must be one of",
+        "'port' must be unique on a host",
+    ):
+        assert message in output, output[-5000:]
+    assert "Serve vLLM instances" not in output  # the converge play never started
+    assert host.run(HOST_STATE).stdout == before
+    assert host.run(f"systemctl show -p MainPID --value {UNIT}").stdout.strip() == pid
