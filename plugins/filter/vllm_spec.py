@@ -9,6 +9,7 @@ from ansible_collections.vllm_fleet.serving.plugins.module_utils.preflight impor
     parse_listeners,
     plan_host,
 )
+from ansible_collections.vllm_fleet.serving.plugins.module_utils.status import status_rows
 from ansible_collections.vllm_fleet.serving.plugins.module_utils.vllm_spec import (
     server_argv,
     server_environment,
@@ -31,4 +32,5 @@ class FilterModule:
             "vllm_plan": plan_host,
             "vllm_declared_gpus": expand_declared_gpus,
             "ss_listeners": parse_listeners,
+            "vllm_status_rows": status_rows,
         }

@@ -12,31 +12,77 @@ from pathlib import Path
 from typing import Any
 
 from vllm_fleet.paths import cache_dir, project_dir
-from vllm_fleet.runner import RunResult, run_playbook
+from vllm_fleet.progress import summary_table
+from vllm_fleet.runner import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_REFUSED,
+    EXIT_UNREACHABLE,
+    RunOptions,
+    RunResult,
+    run_playbook,
+)
 
 SANDBOX_INVENTORY = "inventories/sandbox"
 SANDBOX_ENDPOINT = "http://127.0.0.1:8000/v1"
 SANDBOX_MODEL = "smollm2"
 DEMO_QUESTION = "What is the capital of France? Answer in one sentence."
 
-EXIT_OK = 0
-EXIT_FAILED = 2
-EXIT_REFUSED = 3  # preflight refused the input: nothing was changed
+EXIT_CODES_HELP = f"""exit codes:
+  {EXIT_OK}    success
+  {EXIT_FAILED}    a task failed on some host
+  {EXIT_REFUSED}    the preflight refused the input (nothing changed on any host)
+  {EXIT_UNREACHABLE}    some host could not be reached
+  {EXIT_INTERRUPTED}  interrupted (Ctrl-C cancels the run)"""
+
+
+def _options(args: argparse.Namespace) -> RunOptions:
+    return RunOptions(
+        inventory=args.inventory,
+        limit=args.limit,
+        extra_vars=args.extra_vars,
+        check=args.check,
+        diff=args.diff,
+        verbosity=args.verbose,
+    )
+
+
+def _run(args: argparse.Namespace, playbook: str, extravars: dict[str, Any] | None = None) -> RunResult:
+    return run_playbook(playbook, _options(args), extravars, view="none" if args.json else "auto")
+
+
+def _document(result: RunResult, **extra: Any) -> dict[str, Any]:
+    return {
+        "ok": result.ok,
+        "exit_code": result.exit_code,
+        "status": result.status,
+        "hosts": {h: row.as_dict() for h, row in result.progress.hosts.items()},
+        "failures": [vars(f) for f in result.progress.failures],
+        "artifacts": str(result.artifacts),
+        **extra,
+    }
 
 
 def _report(result: RunResult) -> int:
-    width = max((len(h) for h in result.hosts), default=4)
-    print(f"\n{'host':<{width}}  ok  changed  failed  unreachable  skipped", file=sys.stderr)
-    for host, t in sorted(result.hosts.items()):
-        print(
-            f"{host:<{width}}  {t.ok:>2}  {t.changed:>7}  {t.failed:>6}  {t.unreachable:>11}  {t.skipped:>7}",
-            file=sys.stderr,
-        )
-    if not result.ok:
-        print(f"\nrun {result.status} (rc={result.rc})", file=sys.stderr)
-        for line in result.failures:
-            print(f"  {line}", file=sys.stderr)
-    return EXIT_OK if result.ok else EXIT_FAILED
+    print("\n" + summary_table(result.progress), file=sys.stderr)
+    if result.interrupted:
+        print("\ninterrupted: the run was cancelled", file=sys.stderr)
+    elif not result.ok:
+        print(f"\nrun {result.status}, exit code {result.exit_code}:", file=sys.stderr)
+        for f in result.progress.failures:
+            print(f"  {f.host}: {f.task}: {f.message}", file=sys.stderr)
+        print(f"  (details: {result.artifacts})", file=sys.stderr)
+    return result.exit_code
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    """Converge the fleet with site.yml: preflight, environments, models, services."""
+    result = _run(args, "site.yml")
+    if args.json:
+        print(json.dumps(_document(result), indent=2, sort_keys=True))
+        return result.exit_code
+    return _report(result)
 
 
 def _print_plan(plans: dict[str, dict[str, Any]]) -> None:
@@ -62,29 +108,37 @@ def cmd_plan(args: argparse.Namespace) -> int:
     Nothing changes on any host. With --offline no host is contacted: the hardware comes from
     vllm_server_declared_gpus in the inventory, and checks that need the hosts say "not checked".
     """
-    result = run_playbook(
-        "playbooks/plan.yml",
-        args.inventory,
-        {"vllm_server_plan_offline": args.offline},
-        limit=args.limit,
-        quiet=args.json,
-    )
-    plans = {h: f["vllm_server_plan"] for h, f in result.facts.items() if "vllm_server_plan" in f}
+    result = _run(args, "playbooks/plan.yml", {"vllm_server_plan_offline": args.offline})
+    plans = {h: f["vllm_server_plan"] for h, f in result.progress.facts.items() if "vllm_server_plan" in f}
     refused = any(not p["ok"] for p in plans.values())
+    code = EXIT_REFUSED if refused else result.exit_code
     if args.json:
-        doc = {
-            "ok": result.ok and not refused,
-            "offline": args.offline,
-            "hosts": plans,
-            "errors": result.failures,
-        }
-        print(json.dumps(doc, indent=2, sort_keys=True))
-    else:
-        _print_plan(plans)
-        _report(result)
-    if refused:
-        return EXIT_REFUSED
-    return EXIT_OK if result.ok else EXIT_FAILED
+        print(json.dumps(_document(result, offline=args.offline, plans=plans) | {"ok": code == 0}, indent=2))
+        return code
+    _print_plan(plans)
+    _report(result)
+    return code
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Show every instance: unit state, model revision, environment, health, requests."""
+    result = _run(args, "playbooks/status.yml")
+    rows = {h: f["vllm_server_status"] for h, f in result.progress.facts.items() if "vllm_server_status" in f}
+    if args.json:
+        print(json.dumps(_document(result, instances=rows), indent=2, sort_keys=True))
+        return result.exit_code
+    for host, instances in sorted(rows.items()):
+        print(host)
+        for row in instances:
+            load = f"running={row['requests_running']} waiting={row['requests_waiting']}"
+            health = "healthy" if row["healthy"] else "NOT ANSWERING"
+            state = f"{row['unit']}/{row['sub_state']}"
+            print(f"  {row['instance']:<16} {state:<18} {health:<13} port {row['port']}  {load}")
+            print(f"    model: {row['model']}")
+            print(f"    env:   {row['environment']}")
+    if not result.ok:
+        return _report(result)
+    return EXIT_OK
 
 
 def cmd_build(args: argparse.Namespace) -> int:
@@ -96,11 +150,6 @@ def cmd_build(args: argparse.Namespace) -> int:
         print(f"model {name}: {path}")
     print(f"wheelhouse: {wheelhouse.build_wheelhouse(cache / 'wheelhouses')}")
     return EXIT_OK
-
-
-def cmd_up(args: argparse.Namespace) -> int:
-    """Converge the fleet with site.yml."""
-    return _report(run_playbook("site.yml", args.inventory, limit=args.limit))
 
 
 def ask(endpoint: str, api_key: str, model: str, question: str) -> str:
@@ -119,13 +168,13 @@ def ask(endpoint: str, api_key: str, model: str, question: str) -> str:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Create the sandbox fleet, serve SmolLM2 on it and ask it a question (or remove it)."""
-    inventory = project_dir() / SANDBOX_INVENTORY
+    args.inventory = project_dir() / SANDBOX_INVENTORY
     if args.down:
-        return _report(run_playbook("playbooks/sandbox.yml", inventory, {"sandbox_state": "absent"}))
+        return _report(_run(args, "playbooks/sandbox.yml", {"sandbox_state": "absent"}))
     if cmd_build(args) != EXIT_OK:
         return EXIT_FAILED
     for playbook in ("playbooks/sandbox.yml", "site.yml"):
-        code = _report(run_playbook(playbook, inventory))
+        code = _report(_run(args, playbook))
         if code != EXIT_OK:
             return code
     key_file = cache_dir() / "sandbox" / "api-key"
@@ -141,42 +190,59 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _add_run_options(parser: argparse.ArgumentParser, inventory: bool = True) -> None:
+    if inventory:
+        parser.add_argument(
+            "-i", "--inventory", type=Path, required=True, help="inventory file or directory of the fleet"
+        )
+    parser.add_argument("--limit", help="only these hosts or groups (an Ansible host pattern)")
+    parser.add_argument(
+        "-e",
+        "--extra-vars",
+        action="append",
+        default=[],
+        metavar="VARS",
+        help="extra variables as for ansible-playbook (key=value, JSON or @file; repeatable). "
+        "They are recorded in the run's artifacts: keep secrets in Vault or files",
+    )
+    parser.add_argument("--check", action="store_true", help="dry run: report what would change")
+    parser.add_argument("--diff", action="store_true", help="show the differences in changed files")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more Ansible output (-vvv)")
+    parser.add_argument("--json", action="store_true", help="print one JSON document instead of progress")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vllm-fleet",
-        description="Deploy and operate vLLM serving fleets with the vllm_fleet.serving collection.",
+        description="Deploy and operate vLLM serving fleets with the vllm_fleet.serving collection. "
+        "Start with `vllm-fleet demo` (a local sandbox fleet), then point -i at your inventory.",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    demo = sub.add_parser(
-        "demo",
-        help="create the local sandbox fleet, serve SmolLM2 on it and ask it a question",
-        description="Create systemd containers on the local Docker engine, converge them with "
-        "site.yml (a real CPU vLLM serving SmolLM2-135M-Instruct) and print the model's answer.",
-    )
+    def add(name: str, func: Any, help_text: str, inventory: bool = True) -> argparse.ArgumentParser:
+        p = sub.add_parser(
+            name,
+            help=help_text,
+            description=func.__doc__,
+            epilog=EXIT_CODES_HELP,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        p.set_defaults(func=func)
+        _add_run_options(p, inventory)
+        return p
+
+    demo = add("demo", cmd_demo, "local sandbox fleet: serve SmolLM2 and ask it a question", inventory=False)
     demo.add_argument("--down", action="store_true", help="remove the sandbox fleet instead")
-    demo.set_defaults(func=cmd_demo)
-
-    up = sub.add_parser("up", help="converge a fleet with site.yml", description=cmd_up.__doc__)
-    up.add_argument("-i", "--inventory", type=Path, required=True, help="inventory file or directory")
-    up.add_argument("--limit", help="only these hosts or groups (Ansible pattern)")
-    up.set_defaults(func=cmd_up)
-
-    plan = sub.add_parser(
-        "plan",
-        help="check the inventory's instances and print their vLLM command lines (changes nothing)",
-        description=cmd_plan.__doc__,
-    )
-    plan.add_argument("-i", "--inventory", type=Path, required=True, help="inventory file or directory")
-    plan.add_argument("--limit", help="only these hosts or groups (Ansible pattern)")
+    add("up", cmd_up, "converge a fleet with site.yml")
+    plan = add("plan", cmd_plan, "check the instances and print their vLLM command lines (changes nothing)")
     plan.add_argument(
         "--offline",
         action="store_true",
         help="contact no host: plan from the hardware the inventory declares",
     )
-    plan.add_argument("--json", action="store_true", help="print one JSON document instead of text")
-    plan.set_defaults(func=cmd_plan)
-
+    add("status", cmd_status, "per host and instance: unit, model revision, environment, health, load")
     build = sub.add_parser(
         "build",
         help="build the sandbox's models and the CPU vLLM wheelhouse on this controller",
@@ -192,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args))
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -1,97 +1,75 @@
-"""Run the collection's playbooks through ansible-runner and report per-host progress."""
+"""Run the collection's playbooks through ansible-runner's Python API, with progress.
+
+The wrapper holds no deployment logic: it picks a playbook, passes the user's options through
+and reports what the runner's events say. Each run gets a fresh private data directory under
+the cache (old ones are pruned), so nothing of one run leaks into the next.
+"""
 
 from __future__ import annotations
 
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
-from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
 from vllm_fleet.paths import cache_dir, project_dir
+from vllm_fleet.progress import LiveView, LogView, RunProgress
 
-# Runner events that close one task on one host, and the counter each one bumps.
-_RESULT_EVENTS = {
-    "runner_on_ok": "ok",
-    "runner_on_failed": "failed",
-    "runner_on_unreachable": "unreachable",
-    "runner_on_skipped": "skipped",
-}
+KEEP_RUNS = 20
+# The play of playbooks/plan.yml: a failure there is a refusal of the input, and no host changed.
+PREFLIGHT_PLAY = "Preflight and plan"
+
+# Exit codes of the command line.
+EXIT_OK = 0
+EXIT_FAILED = 2  # a task failed on some host
+EXIT_REFUSED = 3  # the preflight refused the input: nothing changed on any host
+EXIT_UNREACHABLE = 4  # some host could not be reached
+EXIT_INTERRUPTED = 130  # Ctrl-C: the run was cancelled
 
 
 @dataclass
-class HostTally:
-    """Counts of task results on one host."""
+class RunOptions:
+    """What the user passes through to ansible-playbook."""
 
-    ok: int = 0
-    changed: int = 0
-    failed: int = 0
-    unreachable: int = 0
-    skipped: int = 0
+    inventory: Path
+    limit: str | None = None
+    extra_vars: list[str] = field(default_factory=list)  # as for -e: k=v, JSON, or @file
+    check: bool = False
+    diff: bool = False
+    verbosity: int = 0
 
 
 @dataclass
 class RunResult:
-    """What a playbook run ended with."""
+    """How a run ended, and what its events said."""
 
     status: str
     rc: int
-    hosts: dict[str, HostTally] = field(default_factory=dict)
-    failures: list[str] = field(default_factory=list)
-    # Facts the playbook set, per host (e.g. vllm_server_plan), as the runner events carry them.
-    facts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    progress: RunProgress
+    artifacts: Path
+    interrupted: bool = False
+
+    @property
+    def exit_code(self) -> int:
+        if self.interrupted:
+            return EXIT_INTERRUPTED
+        failures = self.progress.failures
+        if any(f.play == PREFLIGHT_PLAY and not f.unreachable for f in failures):
+            return EXIT_REFUSED
+        if any(f.unreachable for f in failures):
+            return EXIT_UNREACHABLE
+        if failures or self.rc != 0 or self.status != "successful":
+            return EXIT_FAILED
+        return EXIT_OK
 
     @property
     def ok(self) -> bool:
-        return self.rc == 0 and self.status == "successful"
-
-
-class Progress:
-    """Turns runner events into one line per task and a tally per host."""
-
-    def __init__(self, out: TextIO = sys.stderr, quiet: bool = False) -> None:
-        self.out = out
-        self.quiet = quiet
-        self.hosts: dict[str, HostTally] = defaultdict(HostTally)
-        self.failures: list[str] = []
-        self.facts: dict[str, dict[str, Any]] = defaultdict(dict)
-        self._started = time.monotonic()
-
-    def __call__(self, event: dict[str, Any]) -> bool:
-        kind = event.get("event", "")
-        data = event.get("event_data", {})
-        if kind == "playbook_on_play_start":
-            self._print(f"PLAY {data.get('play', '')}")
-        elif kind == "playbook_on_task_start":
-            self._print(f"  {data.get('task', '')}")
-        elif kind in _RESULT_EVENTS:
-            host = data.get("host", "?")
-            tally = self.hosts[host]
-            counter = _RESULT_EVENTS[kind]
-            res = data.get("res", {}) or {}
-            if counter == "failed" and data.get("ignore_errors"):
-                counter = "ok"
-            setattr(tally, counter, getattr(tally, counter) + 1)
-            if counter == "ok" and res.get("changed"):
-                tally.changed += 1
-            if counter == "ok" and isinstance(res.get("ansible_facts"), dict):
-                self.facts[host].update(res["ansible_facts"])
-            if counter in ("failed", "unreachable"):
-                msg = res.get("msg") or res.get("stderr") or "see the runner artifacts"
-                line = f"{host}: {data.get('task', '')}: {msg}"
-                self.failures.append(line)
-                self._print(f"    FAILED {line}")
-        return True
-
-    def _print(self, line: str) -> None:
-        if self.quiet:
-            return
-        elapsed = time.monotonic() - self._started
-        print(f"[{elapsed:6.1f}s] {line}", file=self.out, flush=True)
+        return self.exit_code == EXIT_OK
 
 
 def ensure_collection_link(root: Path) -> None:
@@ -101,9 +79,6 @@ def ensure_collection_link(root: Path) -> None:
         return
     link.parent.mkdir(parents=True, exist_ok=True)
     link.symlink_to(Path("../../.."))
-
-
-KEEP_RUNS = 20
 
 
 def _new_run_dir(runs: Path) -> Path:
@@ -116,42 +91,87 @@ def _new_run_dir(runs: Path) -> Path:
     return Path(tempfile.mkdtemp(prefix=f"{stamp}-", dir=runs))
 
 
+def _cmdline(options: RunOptions) -> list[str]:
+    args: list[str] = []
+    for value in options.extra_vars:
+        args += ["--extra-vars", value]
+    if options.check:
+        args.append("--check")
+    if options.diff:
+        args.append("--diff")
+    if options.verbosity:
+        args.append("-" + "v" * options.verbosity)
+    return args
+
+
 def run_playbook(
     playbook: str,
-    inventory: str | Path,
+    options: RunOptions,
     extravars: dict[str, Any] | None = None,
-    limit: str | None = None,
+    view: str = "auto",
     out: TextIO = sys.stderr,
-    quiet: bool = False,
 ) -> RunResult:
-    """Run a playbook of the collection (path relative to its root) with live progress."""
+    """Run a playbook of the collection (path relative to its root).
+
+    view: "log" (a line per task), "live" (redrawn per host), "none", or "auto" (live on a
+    terminal, log otherwise). Ctrl-C cancels the run: ansible-runner stops ansible-playbook.
+    """
+    import shlex
+
     import ansible_runner
 
     root = project_dir()
     ensure_collection_link(root)
     private_data_dir = _new_run_dir(cache_dir() / "runs")
-    progress = Progress(out, quiet=quiet)
+    progress = RunProgress()
+    if view == "auto":
+        view = "live" if out.isatty() else "log"
+    render: LiveView | LogView | None = None
+    if view == "live":
+        render = LiveView(out)
+    elif view == "log":
+        render = LogView(out)
+
+    def on_event(event: dict[str, Any]) -> bool:
+        progress.feed(event)
+        if render:
+            render(progress, event)
+        return True
+
+    interrupted = False
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        nonlocal interrupted
+        interrupted = True
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
     # ansible-runner starts ansible-playbook from PATH: use the one beside this interpreter.
-    bindir = str(Path(sys.executable).parent)
     envvars = {
-        "PATH": bindir + os.pathsep + os.environ.get("PATH", ""),
+        "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""),
         "ANSIBLE_CONFIG": str(root / "ansible.cfg"),
     }
-    runner = ansible_runner.run(
-        private_data_dir=str(private_data_dir),
-        project_dir=str(root),
-        playbook=playbook,
-        inventory=str(Path(inventory).resolve()),
-        extravars=extravars or {},
-        limit=limit,
-        envvars=envvars,
-        event_handler=progress,
-        quiet=True,
-    )
+    try:
+        runner = ansible_runner.run(
+            private_data_dir=str(private_data_dir),
+            project_dir=str(root),
+            playbook=playbook,
+            inventory=str(Path(options.inventory).resolve()),
+            extravars=extravars or {},
+            limit=options.limit,
+            cmdline=shlex.join(_cmdline(options)) or None,
+            envvars=envvars,
+            event_handler=on_event,
+            cancel_callback=lambda: interrupted,
+            quiet=True,
+        )
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if render:
+        render.close(progress)
     return RunResult(
         status=runner.status,
-        rc=runner.rc,
-        hosts=dict(progress.hosts),
-        failures=progress.failures,
-        facts=dict(progress.facts),
+        rc=runner.rc if isinstance(runner.rc, int) else 1,
+        progress=progress,
+        artifacts=private_data_dir,
+        interrupted=interrupted or runner.status == "canceled",
     )

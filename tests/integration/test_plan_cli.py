@@ -31,7 +31,7 @@ def test_offline_plan_prints_every_command():
     assert proc.returncode == 0, proc.stderr[-3000:]
     doc = json.loads(proc.stdout)
     assert doc["ok"] and doc["offline"]
-    hosts = doc["hosts"]
+    hosts = doc["plans"]
     assert sorted(hosts) == [
         "gpu-a01.example.internal",
         "gpu-a02.example.internal",
@@ -61,5 +61,5 @@ def test_offline_plan_refuses_a_bad_spec(tmp_path: Path):
     assert proc.returncode == 3, proc.stdout + proc.stderr[-3000:]
     doc = json.loads(proc.stdout)
     assert not doc["ok"]
-    failures = doc["hosts"]["gpu-b01.example.internal"]["failures"]
+    failures = doc["plans"]["gpu-b01.example.internal"]["failures"]
     assert any("GPU 3 is owned by several instances" in f for f in failures), failures
