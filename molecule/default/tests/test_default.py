@@ -184,3 +184,40 @@ def test_bad_spec_is_refused_before_the_host_changes(host, tmp_path):
     assert "Serve vLLM instances" not in output  # the converge play never started
     assert host.run(HOST_STATE).stdout == before
     assert host.run(f"systemctl show -p MainPID --value {UNIT}").stdout.strip() == pid
+
+
+def _wrapper(*args: str) -> tuple[int, dict]:
+    """The `vllm-fleet` command line against this scenario's inventory, as a user runs it."""
+    inventory = os.environ["MOLECULE_INVENTORY_FILE"]
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "vllm-fleet"), *args, "-i", inventory, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    return proc.returncode, json.loads(proc.stdout)
+
+
+def test_wrapper_up_changes_nothing_on_a_converged_host(host):
+    code, doc = _wrapper("up")
+    assert code == 0, doc["failures"]
+    assert doc["hosts"][host.check_output("hostname")]["changed"] == 0
+
+
+def test_wrapper_status_reports_the_instance(host):
+    code, doc = _wrapper("status")
+    assert code == 0, doc["failures"]
+    [row] = doc["instances"][host.check_output("hostname")]
+    assert row["instance"] == "tiny" and row["unit"] == "active" and row["healthy"] is True
+    assert row["model"].endswith("/tiny-llama/seed0")
+    assert row["requests_running"] == 0 and row["requests_waiting"] == 0
+
+
+def test_wrapper_plan_refuses_a_bad_spec(host):
+    bad = {"vllm_server_instances": [{"name": "tiny", "model": "tiny-llama", "revision": "seed0",
+                                      "port": 8000, "device": "cpu", "tensor_parallel_size": 3}]}  # fmt: skip
+    code, doc = _wrapper("plan", "-e", json.dumps(bad))
+    assert code == 3, doc
+    [failure] = doc["plans"][host.check_output("hostname")]["failures"]
+    assert "tensor_parallel_size 3 must divide the 4 attention heads" in failure
