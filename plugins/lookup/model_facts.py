@@ -27,7 +27,7 @@ EXAMPLES = r"""
 
 RETURN = r"""
 _list:
-  description: One C({key, facts: {config, weights_bytes}}) per model.
+  description: "One mapping per model: C(key) and C(facts) (C(config), C(weights_bytes))."
   type: list
   elements: dict
 """

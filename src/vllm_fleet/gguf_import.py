@@ -1,0 +1,34 @@
+"""``python -m vllm_fleet.gguf_import GGUF_FILE DEST``: a GGUF file as a vLLM-ready directory.
+
+The command the model_sync role runs on the controller for ``type: gguf`` sources. It calls
+:func:`vllm_fleet.models.import_gguf` (bf16 safetensors, tokenizer and chat template from the
+GGUF metadata; a ``DEST`` already built from the same file is reused) and prints ``DEST``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m vllm_fleet.gguf_import",
+        description="Import a GGUF file into a vLLM-ready model directory (bf16 safetensors).",
+    )
+    parser.add_argument("gguf_file", type=Path, help="the .gguf file")
+    parser.add_argument("dest", type=Path, help="the model directory to create (or reuse)")
+    args = parser.parse_args(argv)
+    from vllm_fleet.models import import_gguf
+
+    try:
+        print(import_gguf(args.gguf_file, args.dest))
+    except (FileNotFoundError, FileExistsError) as err:
+        print(f"gguf_import: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
