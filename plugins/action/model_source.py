@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
-import json
 import os
 import subprocess
 import time
@@ -32,15 +31,6 @@ def locked(work_dir: str, key: str) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def read_marker(path: str) -> dict[str, Any] | None:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def run_fetch(argv: list[str], env: Mapping[str, str], secret: str) -> str | None:
@@ -200,7 +190,7 @@ class ActionModule(ActionBase):
         }
 
     def _fetched(self, entry: Mapping[str, Any], local: str) -> bool:
-        marker = read_marker(local + FETCH_MARKER_SUFFIX)
+        marker = mm.read_json(local + FETCH_MARKER_SUFFIX)
         return bool(marker) and marker.get("signature") == self._signature(entry) and os.path.isdir(local)
 
     def _fetch(

@@ -170,7 +170,7 @@ def cached_manifest(
     cache = os.path.join(cache_dir, hashlib.sha256(real.encode()).hexdigest()[:32] + ".json")
     relpaths = list_files(real)
     signature = stat_signature(real, relpaths)
-    cached = _read_json(cache)
+    cached = read_json(cache)
     if cached and cached.get("root") == real and cached.get("signature") == signature:
         manifest = cached.get("manifest")
         if isinstance(manifest, dict) and manifest.get("version") == MANIFEST_VERSION:
@@ -188,7 +188,8 @@ def cached_manifest(
     return manifest, True
 
 
-def _read_json(path: str) -> dict[str, Any] | None:
+def read_json(path: str) -> dict[str, Any] | None:
+    """A JSON object from a file; None when it is missing, unreadable or not an object."""
     try:
         with open(path, encoding="utf-8") as handle:
             data = json.load(handle)
@@ -211,7 +212,7 @@ def _known_hashes(cache_dir: str) -> dict[tuple[int, ...], str]:
     except OSError:
         return known
     for name in names:
-        data = _read_json(os.path.join(cache_dir, name)) if name.endswith(".json") else None
+        data = read_json(os.path.join(cache_dir, name)) if name.endswith(".json") else None
         try:
             signature = data["signature"] if data else {}
             for entry in data["manifest"]["files"] if data else []:

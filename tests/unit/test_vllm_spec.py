@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
+import yaml
 from ansible_collections.vllm_fleet.serving.plugins.module_utils import vllm_spec
 
 BASE = {"name": "chat", "model": "llama-3-8b", "revision": "r1", "port": 8000}
+EVERY_FIELD = yaml.safe_load(
+    (Path(__file__).resolve().parents[1] / "fixtures" / "every_field_spec.yml").read_text()
+)
 
 
 def test_minimal_cuda_spec_uses_vllm_serve():
@@ -28,29 +33,7 @@ def test_cpu_spec_uses_the_module_entrypoint():
 
 
 def test_every_flag_field():
-    spec = {
-        **BASE,
-        "served_model_name": "chat-8b",
-        "host": "127.0.0.1",
-        "gpus": [0, 1, 2, 3],
-        "tensor_parallel_size": 2,
-        "pipeline_parallel_size": 2,
-        "max_model_len": 8192,
-        "gpu_memory_utilization": 0.85,
-        "dtype": "bfloat16",
-        "quantization": "fp8",
-        "enforce_eager": True,
-        "kv_cache_dtype": "fp8",
-        "max_num_seqs": 64,
-        "max_num_batched_tokens": 8192,
-        "enable_chunked_prefill": True,
-        "enable_prefix_caching": False,
-        "rope_scaling": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768},
-        "reasoning_parser": "qwen3",
-        "default_chat_template_kwargs": {"enable_thinking": False},
-        "trust_remote_code": True,
-        "extra_args": ["--uvicorn-log-level", "warning"],
-    }
+    spec = EVERY_FIELD
     assert vllm_spec.validate_instance(spec) == []
     argv = vllm_spec.server_argv(spec, "/inst", 30)
     joined = " ".join(argv)
