@@ -49,9 +49,10 @@ PLAYBOOK_TIMEOUT = 900
 # The victim's setting changed by the second converge: one sequence at a time, which also
 # makes the engine queue the streams of the stop test (still unfinished when the stop begins).
 CHANGED_MAX_NUM_SEQS = 1
-# Streams sent just before the stop (max_model_len is 512).
+# Streams sent just before the stop (the victim's max_model_len is 1024). Long enough that,
+# queued one at a time, they are still running when the stop lands on a loaded machine.
 STREAMS = 3
-STREAM_TOKENS = 300
+STREAM_TOKENS = 900
 
 _RESULTS: dict[str, Any] = {}
 
@@ -364,6 +365,7 @@ def test_stop_lets_in_flight_streams_finish(host, clients, address, other_pid):
 
     metrics_url = f"http://{address}:{SPECS[VICTIM]['port']}/metrics"
     threads = [threading.Thread(target=stream, args=(i,), daemon=True) for i in range(STREAMS)]
+    cursor = _cursor(host)  # before the streams: nothing slow between their acceptance and the stop
     with _keeps_serving(clients[OTHER], SPECS[OTHER]["served_model_name"]) as other_record:
         for thread in threads:
             thread.start()
@@ -372,7 +374,6 @@ def test_stop_lets_in_flight_streams_finish(host, clients, address, other_pid):
             assert time.monotonic() < deadline, f"only {accepted} streams reached the engine: {results}"
             assert not any("error" in r for r in results), results
             time.sleep(0.05)
-        cursor = _cursor(host)
         start = time.monotonic()
         assert host.run(f"systemctl stop --no-block {_unit(VICTIM)}").rc == 0
         # The stop is under way (SIGTERM sent) once systemd reports the unit deactivating.
