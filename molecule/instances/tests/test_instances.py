@@ -24,7 +24,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -87,20 +86,6 @@ def _descendants(host, pid: int) -> set[int]:
         found |= new
         grew = bool(new)
     return found
-
-
-def _engine_requests(metrics_url: str) -> int:
-    """Requests vLLM's engine holds (running plus waiting), from its Prometheus metrics."""
-    try:
-        with urllib.request.urlopen(metrics_url, timeout=5) as response:
-            text = response.read().decode()
-    except OSError:
-        return 0
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(("vllm:num_requests_running{", "vllm:num_requests_waiting{")):
-            total += float(line.rsplit(" ", 1)[1])
-    return int(total)
 
 
 def _cursor(host) -> str:
