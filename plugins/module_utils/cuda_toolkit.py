@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING, Any
 
 from ansible_collections.vllm_fleet.serving.plugins.module_utils.nvidia_driver import (
     PLATFORMS,
-    SOURCES,
     cuda_repository,
     debian_nonfree_sources,
+    platform_and_source_errors,
 )
 
 if TYPE_CHECKING:
@@ -64,12 +64,8 @@ def toolkit_plan(settings: Mapping[str, Any]) -> dict[str, Any]:
         "repositories": [],
         "cuda_repository": None,
     }
-    if platform not in PLATFORMS:
-        supported = ", ".join(info["name"] for info in PLATFORMS.values())
-        errors.append(f"cuda_toolkit supports {supported}; this host is {platform}")
+    if not platform_and_source_errors("cuda_toolkit", platform, source, errors):
         return plan
-    if source not in SOURCES:
-        errors.append(f"cuda_toolkit_source must be one of {list(SOURCES)}, got {source!r}")
     match = _VERSION.match(version)
     if not match:
         errors.append(

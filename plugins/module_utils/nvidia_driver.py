@@ -266,6 +266,18 @@ def package_spec(manager: str, name: str, pattern: str) -> str:
     return f"{name}={pattern}" if manager == "apt" else f"{name}-{pattern}"
 
 
+def platform_and_source_errors(role: str, platform: str, source: str, errors: list[str]) -> bool:
+    """Add the errors of an unsupported host or an unknown package source; False when the
+    platform is unsupported (nothing else can be planned then)."""
+    if platform not in PLATFORMS:
+        supported = ", ".join(info["name"] for info in PLATFORMS.values())
+        errors.append(f"{role} supports {supported}; this host is {platform}")
+        return False
+    if source not in SOURCES:
+        errors.append(f"{role}_source must be one of {list(SOURCES)}, got {source!r}")
+    return True
+
+
 def driver_plan(settings: Mapping[str, Any]) -> dict[str, Any]:
     """What the nvidia_driver role installs, pins and holds on one host.
 
@@ -307,12 +319,8 @@ def driver_plan(settings: Mapping[str, Any]) -> dict[str, Any]:
         "secure_boot_key": None,
         "persistenced_user": None,
     }
-    if platform not in PLATFORMS:
-        supported = ", ".join(info["name"] for info in PLATFORMS.values())
-        errors.append(f"nvidia_driver supports {supported}; this host is {platform}")
+    if not platform_and_source_errors("nvidia_driver", platform, source, errors):
         return plan
-    if source not in SOURCES:
-        errors.append(f"nvidia_driver_source must be one of {list(SOURCES)}, got {source!r}")
     if modules not in KERNEL_MODULES:
         errors.append(f"nvidia_driver_kernel_modules must be one of {list(KERNEL_MODULES)}, got {modules!r}")
     if build not in MODULE_BUILDS:
