@@ -41,6 +41,7 @@ INSTANCE_DEFAULTS: dict[str, Any] = {
     "trust_remote_code": False,
     "extra_args": [],  # further vLLM flags, as a list of strings
     "env": {},  # further environment variables for this instance (not secrets)
+    "environment": None,  # python_env environment by name (python_env_environments); None: the default
 }
 
 DEVICES = ("cuda", "cpu")
@@ -157,6 +158,12 @@ def validate_instance(spec: Any) -> list[str]:
         owned = sorted({a.split("=", 1)[0] for a in extra} & set(OWNED_FLAGS))
         if owned:
             errors.append(f"{label}: 'extra_args' must not repeat flags the spec sets: {owned}")
+    environment = s["environment"]
+    if environment is not None and not (isinstance(environment, str) and NAME_PATTERN.match(environment)):
+        errors.append(
+            f"{label}: 'environment' must be the name of one of the host's python_env_environments "
+            f"(matching {NAME_PATTERN.pattern}) or unset, got {environment!r}"
+        )
     env = s["env"]
     if not isinstance(env, dict) or not all(isinstance(k, str) and ENV_NAME_PATTERN.match(k) for k in env):
         errors.append(f"{label}: 'env' must map variable names ([A-Za-z_][A-Za-z0-9_]*) to values")

@@ -209,6 +209,19 @@ def python_tag(report: Mapping[str, Any]) -> str:
     return _INTERPRETER_TAGS.get(impl, impl) + major_minor
 
 
+def requires_python(report: Mapping[str, Any], package: str) -> str | None:
+    """The ``Requires-Python`` of ``package`` in the report (``>=3.10``), or None.
+
+    Recorded in the manifest so that hosts' preflight can refuse a Python too old for vLLM.
+    """
+    for item in report.get("install", []):
+        meta = item.get("metadata", {})
+        if normalize_name(str(meta.get("name", ""))) == normalize_name(package):
+            value = meta.get("requires_python")
+            return str(value) if value else None
+    return None
+
+
 def excluded_reason(name: str, rules: Mapping[str, str]) -> str | None:
     """The reason ``name`` is excluded by ``rules``, or None."""
     normalized = normalize_name(name)
@@ -297,6 +310,7 @@ def build_manifest(
         "device": device_kind(vllm_package),
         "python_tag": tag,
         "python_version": env.get("python_version"),
+        "vllm_requires_python": requires_python(report, vllm_package),
         "platform_machine": env.get("platform_machine"),
         "requested": list(requested),
         "lock": LOCK_NAME,

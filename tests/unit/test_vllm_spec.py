@@ -108,12 +108,25 @@ def test_defaults_leave_vllm_defaults_alone():
         ({"default_chat_template_kwargs": "enable_thinking=false"}, "'default_chat_template_kwargs'"),
         ({"trust_remote_code": "yes"}, "'trust_remote_code'"),
         ({"extra_args": ["--max-num-seqs", "8"]}, "'extra_args'"),
+        (
+            {"environment": ["cuda-env"]},
+            "'environment' must be the name of one of the host's python_env_environments",
+        ),
+        ({"environment": "Bad Name"}, "'environment'"),
     ],
 )
 def test_invalid_specs_name_the_setting(change, setting):
     errors = vllm_spec.validate_instance({**BASE, **change})
     assert errors, change
     assert any(setting in e for e in errors), errors
+
+
+def test_environment_selects_by_name_and_leaves_the_flags_alone():
+    spec = {**BASE, "environment": "vllm-next"}
+    assert vllm_spec.validate_instance(spec) == []
+    assert vllm_spec.with_defaults(BASE)["environment"] is None
+    # The environment is reached through the instance's env link, never through a flag.
+    assert vllm_spec.server_argv(spec, "/inst", 20) == vllm_spec.server_argv(BASE, "/inst", 20)
 
 
 def test_names_and_ports_unique_per_host():
