@@ -20,6 +20,7 @@ The store on a host, per model name::
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -673,15 +674,18 @@ def prune_plan(
 
 
 def revisions_in_use(instance_dir: str, model_dir: str) -> list[str]:
-    """Revisions of ``model_dir`` that an instance's ``model`` link points at on this host."""
+    """Revisions of ``model_dir`` that an instance's ``model`` link points at on this host.
+
+    Also those its ``previous-model`` link (the rolling upgrade's way back) points at.
+    """
     used = set()
     try:
         names = os.listdir(instance_dir)
     except OSError:
         return []
     real_model_dir = os.path.realpath(model_dir)
-    for name in names:
-        link = os.path.join(instance_dir, name, "model")
+    for name, kind in itertools.product(names, ("model", "previous-model")):
+        link = os.path.join(instance_dir, name, kind)
         if not os.path.islink(link):
             continue
         target = os.readlink(link)

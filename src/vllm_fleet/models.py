@@ -56,12 +56,14 @@ if TYPE_CHECKING:
 __all__ = [
     "BUILDER_VERSIONS",
     "MARKER",
+    "REVISION_KINDS",
     "SMOLLM2_WHEEL",
     "TINY_LLAMA",
     "TINY_LLAMAS",
     "TINY_LLAMA_WIDE",
     "TinyLlama",
     "build_all",
+    "build_revision",
     "build_smollm2",
     "build_tiny_llama",
     "import_gguf",
@@ -76,6 +78,8 @@ BUILDER_VERSIONS: Mapping[str, int] = {
     "tiny-llama-wide": 1,
     "gguf-import": 1,
     "smollm2-135m-instruct": 1,
+    "revision-second": 1,
+    "revision-broken": 1,
 }
 #: Written last into every finished build; its presence means the build is complete.
 MARKER = ".vllm-fleet-build.json"
@@ -615,16 +619,70 @@ def build_smollm2(dest: Path, download_dir: Path) -> Path:
     return _atomic_build(Path(dest), "smollm2-135m-instruct", build, source)
 
 
+# --- further revisions of a built model (rolling upgrades and their gates) ---------------------
+
+#: Revisions derived from a finished build, by kind:
+#: ``second``  the same weights and files plus a note: a new revision that answers as the old one;
+#: ``broken``  the final norm's weights negated: vLLM loads it, /health says 200 and a 1-token
+#:             completion succeeds, but every logit is negated, so greedy decoding picks the least
+#:             likely token and the answer is garbage. Exactly what a golden-prompt gate must catch.
+REVISION_KINDS = ("second", "broken")
+_BROKEN_TENSOR = "model.norm.weight"
+
+
+def _build_revision_into(base: Path, out: Path, kind: str) -> None:
+    damaged = kind == "broken"
+    for path in sorted(base.iterdir()):
+        if path.is_file() and path.name != MARKER and not (damaged and path.suffix == ".safetensors"):
+            shutil.copyfile(path, out / path.name)
+    if damaged:
+        from safetensors.torch import load_file, save_file
+
+        for weights in sorted(base.glob("*.safetensors")):
+            tensors = load_file(str(weights))
+            if _BROKEN_TENSOR in tensors:
+                tensors[_BROKEN_TENSOR] = -tensors[_BROKEN_TENSOR]
+            save_file(tensors, str(out / weights.name), metadata={"format": "pt"})
+    note = {"derived_from": base.name, "revision": kind}
+    (out / "vllm-fleet-revision.json").write_text(json.dumps(note, indent=2, sort_keys=True) + "\n")
+
+
+def build_revision(base: Path, dest: Path, kind: str) -> Path:
+    """Build (or reuse) revision ``kind`` (one of :data:`REVISION_KINDS`) of the build at ``base``.
+
+    ``base`` must be a finished build (its marker present); the result is cached against the
+    marker's file hashes, so a rebuilt base gives a rebuilt revision. Returns ``dest``.
+    """
+    if kind not in REVISION_KINDS:
+        raise ValueError(f"unknown revision kind {kind!r}; known: {', '.join(REVISION_KINDS)}")
+    base = Path(base).absolute()
+    marker = _read_marker(base)
+    if marker is None:
+        raise FileNotFoundError(f"{base} is not a finished vllm-fleet model build (no {MARKER})")
+    weights = [name for name in marker.get("files", {}) if name.endswith(".safetensors")]
+    if kind == "broken" and not weights:
+        raise ValueError(f"{base} has no safetensors weights to damage")
+    source = {"base": marker.get("kind"), "files": marker.get("files")}
+    return _atomic_build(
+        Path(dest), f"revision-{kind}", lambda out: _build_revision_into(base, out, kind), source
+    )
+
+
 # --- command line -------------------------------------------------------------------------------
 
 
 def build_all(cache: Path) -> dict[str, Path]:
     """Build every test model under ``cache/models`` and return their directories by name."""
     models = Path(cache) / "models"
-    return {
+    built = {
         **{kind: build_tiny_llama(models / kind, kind) for kind in TINY_LLAMAS},
         "smollm2-135m-instruct": build_smollm2(models / "smollm2-135m-instruct", Path(cache) / "downloads"),
     }
+    # A second good revision and a broken one of SmolLM2, for rolling upgrades and their gate.
+    for kind in REVISION_KINDS:
+        name = f"smollm2-135m-instruct-{kind}"
+        built[name] = build_revision(built["smollm2-135m-instruct"], models / name, kind)
+    return built
 
 
 def main(argv: list[str] | None = None) -> int:

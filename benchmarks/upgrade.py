@@ -1,0 +1,223 @@
+#!/usr/bin/env python3
+"""Benchmark of a rolling upgrade against bare restarts, under client load, on a real fleet.
+
+    molecule create -s fleet && molecule converge -s fleet        # 3 vLLM hosts + a gateway
+    .venv/bin/python benchmarks/upgrade.py [--inventory DIR] [--steady 30] [--workers 4]
+
+Runs against the Molecule ``fleet`` scenario's hosts (its inventory is found under Molecule's
+ephemeral directory unless --inventory names one), with the load generator of the scenario
+(vllm_fleet.loadgen: the official OpenAI client through the gateway, streaming and not) running
+the whole time, and measures in one run:
+
+1. steady state: latency p50/p99 over --steady seconds;
+2. bare restarts: each vLLM host's instance restarted in turn (systemctl restart, no drain) and
+   timed until it serves a completion again; their sum is the baseline;
+3. a rolling upgrade (playbooks/upgrade.yml) to the other good revision of SmolLM2: the wall
+   time of the whole playbook and of its rolling phase (first host drained to last host back),
+   each as a ratio to the baseline (target <= 1.15), latency p50/p99 and failed requests during
+   it;
+4. playbooks/rollback.yml (the fleet ends where it started), the same figures.
+
+Prints the figures; --json FILE writes them too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from vllm_fleet.loadgen import LoadGenerator, LoadReport  # noqa: E402
+from vllm_fleet.paths import cache_dir  # noqa: E402
+
+HOST_VARS = yaml.safe_load((ROOT / "molecule" / "fleet" / "host_vars" / "fleet-vllm-1.yml").read_text())
+INSTANCE = HOST_VARS["vllm_server_instances"][0]
+HOSTS = ("fleet-vllm-1", "fleet-vllm-2", "fleet-vllm-3")
+GATEWAY = "fleet-gateway"
+ROLLING_PLAY = "PLAY [Rolling upgrade"
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def find_inventory() -> Path:
+    """The fleet scenario's inventory in Molecule's ephemeral directory (the newest one)."""
+    found = sorted(
+        Path.home().glob(".ansible/tmp/molecule.*.fleet/inventory"), key=lambda p: p.stat().st_mtime
+    )
+    if not found:
+        raise SystemExit("no Molecule inventory of the fleet scenario: run `molecule converge -s fleet`")
+    return found[-1]
+
+
+def address(container: str) -> str:
+    out = subprocess.run(
+        ["docker", "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}", container],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    return out[0]
+
+
+def revision(host: str) -> str:
+    link = f"/var/lib/vllm-fleet/instances/{INSTANCE['name']}/model"
+    out = subprocess.run(
+        ["docker", "exec", host, "readlink", link], check=True, capture_output=True, text=True
+    )
+    return Path(out.stdout.strip()).name
+
+
+def serves(host: str, key: str) -> bool:
+    """One completion straight from the host's instance (the readiness the gate also ends with)."""
+    body = json.dumps(
+        {"model": INSTANCE["served_model_name"], "prompt": "Hello", "max_tokens": 1, "temperature": 0}
+    ).encode()
+    request = urllib.request.Request(
+        f"http://{address(host)}:{INSTANCE['port']}/v1/completions",
+        data=body,
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as reply:
+            return int(reply.status) == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def bare_restart(host: str, key: str) -> float:
+    """Seconds from `systemctl restart` to the instance's first completion."""
+    start = time.monotonic()
+    subprocess.run(
+        ["docker", "exec", host, "systemctl", "restart", f"vllm-{INSTANCE['name']}.service"], check=True
+    )
+    while not serves(host, key):
+        time.sleep(0.5)
+    return time.monotonic() - start
+
+
+def target(revision_name: str) -> dict[str, Any]:
+    return {
+        "model_sync_models": [
+            {
+                "name": INSTANCE["model"],
+                "revision": revision_name,
+                "source": str(cache_dir() / "models" / f"{INSTANCE['model']}-{revision_name}"),
+            }
+        ],
+        "vllm_server_instances": [{**INSTANCE, "revision": revision_name}],
+    }
+
+
+def playbook(inventory: Path, name: str, extra: dict[str, Any] | None) -> dict[str, float]:
+    """Run playbooks/<name>; returns monotonic start, end and the rolling play's start."""
+    cmd = [str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(inventory.parent)]
+    cmd.append(str(ROOT / "playbooks" / name))
+    with tempfile.NamedTemporaryFile("w", suffix=".yml", delete=False) as handle:
+        yaml.safe_dump(extra or {}, handle)
+    cmd += ["-e", f"@{handle.name}"]
+    env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"))
+    start = time.monotonic()
+    rolling = start
+    lines: list[str] = []
+    with subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    ) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith(ROLLING_PLAY) and rolling == start:
+                rolling = time.monotonic()
+    end = time.monotonic()
+    os.unlink(handle.name)
+    if proc.returncode != 0:
+        sys.stderr.write("".join(lines[-80:]))
+        raise SystemExit(f"playbooks/{name} failed (rc={proc.returncode})")
+    return {"start": start, "end": end, "rolling": rolling}
+
+
+def figures(report: LoadReport, start: float, end: float) -> dict[str, Any]:
+    window = report.window(start, end).summary()
+    # Requests that overlapped the run at all, for the failure count.
+    overlapping = [r for r in report.results if r.ended >= start and r.started <= end]
+    window["failed"] = sum(1 for r in overlapping if not r.ok)
+    return window
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--inventory", type=Path, default=None, help="Molecule inventory file of the fleet")
+    parser.add_argument("--steady", type=float, default=30.0, help="seconds of steady-state load")
+    parser.add_argument("--workers", type=int, default=3, help="concurrent clients")
+    parser.add_argument("--pause", type=float, default=0.2, help="seconds each client waits between requests")
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    args = parser.parse_args(argv)
+    inventory = args.inventory or find_inventory()
+    key = (cache_dir() / "sandbox" / "api-key").read_text().strip()
+    first = INSTANCE["revision"]
+    if [revision(h) for h in HOSTS] != [first] * len(HOSTS):
+        raise SystemExit(f"the fleet is not on {first} everywhere: converge the fleet scenario again")
+
+    results: dict[str, Any] = {"hosts": len(HOSTS), "workers": args.workers, "pause_s": args.pause}
+    load = LoadGenerator(
+        f"http://{address(GATEWAY)}/v1",
+        key,
+        INSTANCE["served_model_name"],
+        workers=args.workers,
+        expect="Paris",
+        pause=args.pause,
+    )
+    with load:
+        load.wait_for(args.workers, timeout=120)
+        log(f"steady state for {args.steady:.0f} s")
+        start = time.monotonic()
+        time.sleep(args.steady)
+        results["steady"] = figures(load.report, start, time.monotonic())
+
+        restarts = {}
+        for host in HOSTS:
+            log(f"bare restart of {host}")
+            restarts[host] = round(bare_restart(host, key), 2)
+            time.sleep(5)  # let the gateway's passive checks forget the failures
+        results["bare_restarts_s"] = restarts
+        baseline = sum(restarts.values())
+        results["bare_restart_sum_s"] = round(baseline, 2)
+
+        for name, extra in (("upgrade.yml", target("second")), ("rollback.yml", None)):
+            log(f"playbooks/{name}")
+            run = playbook(inventory, name, extra)
+            time.sleep(2)
+            wall, rolling = run["end"] - run["start"], run["end"] - run["rolling"]
+            results[name] = {
+                "wall_s": round(wall, 2),
+                "rolling_phase_s": round(rolling, 2),
+                "wall_ratio": round(wall / baseline, 3),
+                "rolling_phase_ratio": round(rolling / baseline, 3),
+                **figures(load.report, run["start"], run["end"]),
+            }
+    results["total_requests"] = load.report.total
+    results["total_failed"] = load.report.failed
+    print(json.dumps(results, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,223 @@
+"""A fleet behind its gateway, upgraded while clients keep asking: nobody may notice.
+
+The tests run in file order and build on each other (three vLLM hosts, one nginx gateway):
+
+1. the gateway asks for the API key on every path, also those vLLM leaves open;
+2. a rolling upgrade to a second good revision under load: 0 failed requests, every host on it;
+3. an upgrade to a broken revision (it loads and answers /health, but wrongly) under load: the
+   first host fails its golden prompt, goes back by itself and serves again, the run stops with
+   a report naming host, instance, expected and got; the other hosts are not touched; 0 failed
+   requests, and no client ever got a wrong answer;
+4. playbooks/rollback.yml under load: the whole fleet back on the first revision, 0 failed.
+
+The load generator (vllm_fleet.loadgen) uses the official OpenAI client through the gateway,
+streaming and non-streaming, with the client's retries off; a request fails on any error, on a
+stream cut short, and on an answer without "Paris". Times and counts are printed (pytest -s).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from vllm_fleet.loadgen import LoadGenerator
+from vllm_fleet.paths import cache_dir, project_dir
+
+SCENARIO = Path(__file__).resolve().parents[1]
+HOST_VARS = yaml.safe_load((SCENARIO / "host_vars" / "fleet-vllm-1.yml").read_text())
+VLLM_HOSTS = ("fleet-vllm-1", "fleet-vllm-2", "fleet-vllm-3")
+GATEWAY = "fleet-gateway"
+INSTANCE = HOST_VARS["vllm_server_instances"][0]
+MODEL = INSTANCE["served_model_name"]
+FIRST = INSTANCE["revision"]
+STORE_NAME = INSTANCE["model"]
+# Revisions `vllm-fleet build` derives from SmolLM2 (vllm_fleet.models.build_revision).
+SECOND, BROKEN = "second", "broken"
+PLAYBOOK_TIMEOUT = 1200
+# Steady traffic that still leaves the two cores room for a restarting instance.
+WORKERS = 3
+PAUSE = 0.2
+
+
+def _api_key() -> str:
+    return (cache_dir() / "sandbox" / "api-key").read_text().strip()
+
+
+def _gateway_url() -> str:
+    """The gateway's address on the scenario's Docker network (reachable from the controller)."""
+    out = subprocess.run(
+        ["docker", "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}", GATEWAY],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    assert out, f"{GATEWAY} has no address"
+    return f"http://{out[0]}"
+
+
+def _exec(host: str, *argv: str) -> str:
+    return subprocess.run(["docker", "exec", host, *argv], check=True, capture_output=True, text=True).stdout
+
+
+def _revision(host: str) -> str:
+    """The model revision the host's instance runs (its model link, as vllm_server keeps it)."""
+    return Path(
+        _exec(host, "readlink", f"/var/lib/vllm-fleet/instances/{INSTANCE['name']}/model").strip()
+    ).name
+
+
+def _main_pid(host: str) -> int:
+    return int(
+        _exec(host, "systemctl", "show", "-p", "MainPID", "--value", f"vllm-{INSTANCE['name']}.service")
+    )
+
+
+def _drained_lines() -> list[str]:
+    return [line for line in _exec(GATEWAY, "cat", "/etc/nginx/nginx.conf").splitlines() if " down;" in line]
+
+
+def _target(revision: str) -> dict[str, Any]:
+    """Extra vars that make `revision` the fleet's target (as a user would edit the inventory)."""
+    return {
+        "model_sync_models": [
+            {
+                "name": STORE_NAME,
+                "revision": revision,
+                "source": str(cache_dir() / "models" / f"{STORE_NAME}-{revision}"),
+            }
+        ],
+        "vllm_server_instances": [{**INSTANCE, "revision": revision}],
+    }
+
+
+def _playbook(name: str, tmp_path: Path, extra: dict[str, Any] | None = None) -> tuple[int, str, float]:
+    """Run playbooks/<name> on the scenario's inventory, as a user would. (rc, output, seconds)."""
+    inventory = os.environ.get("MOLECULE_INVENTORY_FILE")
+    assert inventory, "run under Molecule (molecule verify -s fleet): no MOLECULE_INVENTORY_FILE"
+    playbook = shutil.which(
+        "ansible-playbook", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    )
+    assert playbook, "ansible-playbook not found"
+    cmd = [playbook, "-i", str(Path(inventory).parent), str(project_dir() / "playbooks" / name)]
+    if extra is not None:
+        path = tmp_path / "target.yml"
+        path.write_text(yaml.safe_dump(extra))
+        cmd += ["-e", f"@{path}"]
+    env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
+    start = time.monotonic()
+    proc = subprocess.run(
+        cmd,
+        cwd=project_dir(),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=PLAYBOOK_TIMEOUT,
+        check=False,
+    )
+    elapsed = time.monotonic() - start
+    print(f"\nansible-playbook playbooks/{name}: rc={proc.returncode} in {elapsed:.1f} s")
+    return proc.returncode, proc.stdout, elapsed
+
+
+def _under_load(run: Any) -> tuple[Any, LoadGenerator]:
+    """Call run() while the load generator sends requests through the gateway."""
+    load = LoadGenerator(
+        f"{_gateway_url()}/v1", _api_key(), MODEL, workers=WORKERS, expect="Paris", pause=PAUSE
+    )
+    with load:
+        assert load.wait_for(WORKERS * 2, timeout=120), (
+            f"no load through the gateway: {load.report.failures[:3]}"
+        )
+        result = run()
+        # A few more requests after the run: the fleet still serves as a whole.
+        load.wait_for(load.report.total + WORKERS * 2, timeout=120)
+    summary = load.report.summary()
+    print(f"load: {json.dumps(summary)}")
+    return result, load
+
+
+def _failures(load: LoadGenerator) -> list[str]:
+    return [f.error or "" for f in load.report.failures[:10]]
+
+
+def _get(url: str, key: str | None) -> int:
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {key}"} if key else {})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as reply:
+            return int(reply.status)
+    except urllib.error.HTTPError as err:
+        return int(err.code)
+
+
+def test_the_fleet_starts_on_the_first_revision() -> None:
+    assert [_revision(h) for h in VLLM_HOSTS] == [FIRST] * len(VLLM_HOSTS)
+    assert _drained_lines() == []
+
+
+@pytest.mark.parametrize("path", ["/metrics", "/tokenize", "/health", "/version", "/v1/models"])
+@pytest.mark.parametrize("prefix", ["", f"/{MODEL}"])
+def test_the_gateway_asks_for_the_key_on_every_path(prefix: str, path: str) -> None:
+    url = f"{_gateway_url()}{prefix}{path}"
+    assert _get(url, None) == 401
+    assert _get(url, "not-the-key") == 401
+    if path != "/tokenize":  # a POST endpoint: with the key, GET reaches vLLM (405)
+        assert _get(url, _api_key()) == 200
+
+
+def test_rolling_upgrade_under_load_drops_nothing(tmp_path: Path) -> None:
+    (rc, output, elapsed), load = _under_load(lambda: _playbook("upgrade.yml", tmp_path, _target(SECOND)))
+    assert rc == 0, output[-6000:]
+    assert load.report.failed == 0, _failures(load)
+    assert [_revision(h) for h in VLLM_HOSTS] == [SECOND] * len(VLLM_HOSTS)
+    assert _drained_lines() == []
+    # Both kinds of request went through the whole run.
+    assert 0 < load.report.summary()["streams"] < load.report.total
+    print(f"upgrade of {len(VLLM_HOSTS)} hosts: {elapsed:.1f} s")
+
+
+def test_a_second_run_has_nothing_to_switch(tmp_path: Path) -> None:
+    pids = [_main_pid(h) for h in VLLM_HOSTS]
+    rc, output, _ = _playbook("upgrade.yml", tmp_path, _target(SECOND))
+    assert rc == 0, output[-6000:]
+    assert [_main_pid(h) for h in VLLM_HOSTS] == pids
+
+
+def test_broken_revision_rolls_back_by_itself_and_stops_the_run(tmp_path: Path) -> None:
+    untouched = {h: _main_pid(h) for h in VLLM_HOSTS[1:]}
+    (rc, output, _), load = _under_load(lambda: _playbook("upgrade.yml", tmp_path, _target(BROKEN)))
+    assert rc != 0, output[-6000:]
+    # The report, however the callback wraps its lines.
+    report = " ".join(output.split())
+    assert f"UPGRADE STOPPED at {VLLM_HOSTS[0]}" in report, output[-6000:]
+    assert f"golden prompt of instance {INSTANCE['name']} on {VLLM_HOSTS[0]}: expected" in report
+    assert "got" in report and f"{VLLM_HOSTS[0]} was switched back" in report
+    # No client ever saw an error or the broken revision's answer (the gate comes first).
+    assert load.report.failed == 0, _failures(load)
+    assert [_revision(h) for h in VLLM_HOSTS] == [SECOND] * len(VLLM_HOSTS)
+    assert {h: _main_pid(h) for h in VLLM_HOSTS[1:]} == untouched
+    assert _drained_lines() == []
+
+
+def test_rollback_takes_the_whole_fleet_back(tmp_path: Path) -> None:
+    (rc, output, elapsed), load = _under_load(lambda: _playbook("rollback.yml", tmp_path))
+    assert rc == 0, output[-6000:]
+    assert load.report.failed == 0, _failures(load)
+    assert [_revision(h) for h in VLLM_HOSTS] == [FIRST] * len(VLLM_HOSTS)
+    print(f"rollback of {len(VLLM_HOSTS)} hosts: {elapsed:.1f} s")
+    # Rolling back again changes nothing.
+    pids = [_main_pid(h) for h in VLLM_HOSTS]
+    rc, output, _ = _playbook("rollback.yml", tmp_path)
+    assert rc == 0, output[-6000:]
+    assert [_main_pid(h) for h in VLLM_HOSTS] == pids

@@ -1,0 +1,30 @@
+"""Filters of the gateway role; the logic lives in module_utils/gateway.py."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ansible_collections.vllm_fleet.serving.plugins.module_utils.gateway import (
+    api_keys,
+    backends,
+    drain_pattern,
+    drained_hosts,
+    errors,
+    server_line,
+    upstreams,
+)
+
+
+class FilterModule:
+    """vllm_fleet.serving gateway filters."""
+
+    def filters(self) -> dict[str, Any]:
+        return {
+            "gateway_backends": backends,
+            "gateway_upstreams": upstreams,
+            "gateway_api_keys": api_keys,
+            "gateway_errors": errors,
+            "gateway_server_line": server_line,
+            "gateway_drained_hosts": drained_hosts,
+            "gateway_drain_pattern": drain_pattern,
+        }
