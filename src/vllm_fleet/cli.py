@@ -25,7 +25,7 @@ from vllm_fleet.runner import (
 )
 
 SANDBOX_INVENTORY = "inventories/sandbox"
-SANDBOX_ENDPOINT = "http://127.0.0.1:8000/v1"
+SANDBOX_ENDPOINT = "http://127.0.0.1:8080/v1"  # the gateway (roles/gateway) in front of the instance
 SANDBOX_MODEL = "smollm2"
 DEMO_QUESTION = "What is the capital of France? Answer in one sentence."
 
@@ -120,8 +120,17 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return code
 
 
+def _figures(figures: dict[str, float | None]) -> str:
+    """Prometheus' figures of an instance (roles/monitoring) on one line."""
+    return "  ".join(f"{name}={'-' if value is None else f'{value:.4g}'}" for name, value in figures.items())
+
+
 def cmd_status(args: argparse.Namespace) -> int:
-    """Show every instance: unit state, model revision, environment, health, requests."""
+    """Show every instance: unit state, model revision, environment, health, requests.
+
+    With monitoring deployed (vllm_fleet_monitoring), also what Prometheus has: up, load, KV
+    cache, tokens/s, p95 time to first token and latency, the liveness probe.
+    """
     result = _run(args, "playbooks/status.yml")
     rows = {h: f["vllm_server_status"] for h, f in result.progress.facts.items() if "vllm_server_status" in f}
     if args.json:
@@ -136,9 +145,42 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(f"  {row['instance']:<16} {state:<18} {health:<13} port {row['port']}  {load}")
             print(f"    model: {row['model']}")
             print(f"    env:   {row['environment']}")
+            if row.get("prometheus"):
+                print(f"    prometheus: {_figures(row['prometheus'])}")
     if not result.ok:
         return _report(result)
     return EXIT_OK
+
+
+def _rolling(args: argparse.Namespace, playbook: str) -> int:
+    result = _run(args, playbook, {"upgrade_serial": args.serial})
+    if args.json:
+        print(json.dumps(_document(result, serial=args.serial), indent=2, sort_keys=True))
+        return result.exit_code
+    return _report(result)
+
+
+def cmd_upgrade(args: argparse.Namespace) -> int:
+    """Roll the fleet onto the model revisions and environments the inventory names now.
+
+    Edit the instances' `revision` (and model_sync_models) or the python_env settings in the
+    inventory, or pass them with -e, then run this instead of `up`. The new revisions and
+    environments are first placed beside the running ones on every host; then, --serial hosts at
+    a time: drain at the gateway, wait for in-flight requests to finish, switch, restart, gate
+    with the golden prompts, back into the gateway. A host whose gate fails is switched back and
+    returned to service, and the run stops (exit code 2) naming host, instance, expected and got.
+    Running it again resumes: hosts already on the target are skipped.
+    """
+    return _rolling(args, "playbooks/upgrade.yml")
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    """Roll every host back to the model revisions and environments it ran before the last upgrade.
+
+    Rolling, with the same drain and gate as `upgrade`. Set the inventory back too, or the next
+    `up` moves the fleet forward again.
+    """
+    return _rolling(args, "playbooks/rollback.yml")
 
 
 def cmd_build(args: argparse.Namespace) -> int:
@@ -242,6 +284,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="contact no host: plan from the hardware the inventory declares",
     )
+    for name, func, help_text in (
+        ("upgrade", cmd_upgrade, "rolling change of model revisions or vLLM environments"),
+        ("rollback", cmd_rollback, "rolling return to what each host ran before the last upgrade"),
+    ):
+        rolling = add(name, func, help_text)
+        rolling.add_argument(
+            "--serial", type=int, default=1, metavar="N", help="hosts switched at a time (default: 1)"
+        )
     add("status", cmd_status, "per host and instance: unit, model revision, environment, health, load")
     build = sub.add_parser(
         "build",
