@@ -6,8 +6,9 @@ The tests run in file order and build on each other (one host, one pair of servi
 2. ``kill -9`` of one instance's main process: systemd restarts it, the other keeps serving;
 3. a second converge that changes one instance's settings restarts only that instance;
 4. ``systemctl stop`` during in-flight streams lets every stream finish;
-5. a converge back to the scenario's own settings starts the stopped instance again (so the
-   host ends as converge left it) and still leaves the other alone;
+5. a converge back to the scenario's own settings starts the stopped instance again and still
+   leaves the other alone; then a converge without it retires it (unit, secrets, links), but not
+   a foreign vllm-* unit;
 6. the API key is in no journal line and in no Ansible output.
 
 Throughout, the other instance (``wide``) keeps its main process and answers every request.
@@ -413,6 +414,27 @@ def test_converge_back_starts_it_with_its_own_settings(host, clients, other_pid,
     assert "--max-num-seqs" not in host.file(f"/proc/{pid}/cmdline").content_string
     assert _complete(clients[VICTIM], SPECS[VICTIM]["served_model_name"])
     assert _main_pid(host, OTHER) == other_pid
+
+
+def test_instance_removed_from_the_inventory_is_retired(host, clients, other_pid, api_key, tmp_path):
+    # A unit of the same name pattern that this role did not write must survive the retirement.
+    foreign = "/etc/systemd/system/vllm-notours.service"
+    host.run(f"printf '[Unit]\\nDescription=not a vllm-fleet instance\\n' > {foreign}")
+    with _keeps_serving(clients[OTHER], SPECS[OTHER]["served_model_name"]) as other_record:
+        rc, output = _converge(tmp_path, {"vllm_server_instances": [SPECS[OTHER]]})
+    assert rc == 0, output[-8000:]
+    assert api_key not in output
+    assert not host.service(_unit(VICTIM)).is_running
+    for path in (
+        f"/etc/systemd/system/{_unit(VICTIM)}",
+        f"/etc/vllm-fleet/{VICTIM}.env",
+        f"/var/lib/vllm-fleet/instances/{VICTIM}",
+    ):
+        assert not host.file(path).exists, path
+    assert not host.socket(f"tcp://0.0.0.0:{SPECS[VICTIM]['port']}").is_listening
+    assert host.file(foreign).exists
+    assert _main_pid(host, OTHER) == other_pid
+    assert other_record["failures"] == [] and other_record["ok"] > 0, other_record
 
 
 # --- 6. the key in logs ------------------------------------------------------------------------
