@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 from openai import AuthenticationError, OpenAI
 
-from vllm_fleet.paths import cache_dir, project_dir
+from vllm_fleet.paths import cache_dir
 
 UNIT = "vllm-tiny.service"
 PORT = 8000
@@ -148,65 +145,39 @@ HOST_STATE = (
 )
 
 
-def test_bad_spec_is_refused_before_the_host_changes(host, tmp_path):
+def test_bad_spec_is_refused_before_the_host_changes(host, run_playbook):
     """site.yml with an invalid spec stops in the preflight: nothing changes, nothing restarts."""
-    inventory = os.environ.get("MOLECULE_INVENTORY_FILE")
-    assert inventory, "run under Molecule: no MOLECULE_INVENTORY_FILE"
     before = host.run(HOST_STATE).stdout
     pid = host.run(f"systemctl show -p MainPID --value {UNIT}").stdout.strip()
-    bad = tmp_path / "bad.yml"
-    bad.write_text(
-        json.dumps({
-            "vllm_server_instances": [
-                {"name": "tiny", "model": "tiny-llama", "revision": "seed0", "port": 8000,
-                 "device": "cpu", "max_model_len": 4096, "enforce_eager": True},
-                {"name": "other", "model": "tiny-llama", "revision": "seed0", "port": 8000,
-                 "device": "cpu", "dtype": "bf16"},
-            ]
-        })
-    )  # fmt: skip
-    proc = subprocess.run(
-        [str(Path(sys.executable).parent / "ansible-playbook"), "site.yml", "-i", inventory, "-e", f"@{bad}"],
-        cwd=project_dir(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    output = proc.stdout + proc.stderr
-    assert proc.returncode != 0, output[-3000:]
+    bad = {
+        "vllm_server_instances": [
+            {"name": "tiny", "model": "tiny-llama", "revision": "seed0", "port": 8000,
+             "device": "cpu", "max_model_len": 4096, "enforce_eager": True},
+            {"name": "other", "model": "tiny-llama", "revision": "seed0", "port": 8000,
+             "device": "cpu", "dtype": "bf16"},
+        ]
+    }  # fmt: skip
+    done = run_playbook("site.yml", bad, timeout=600)
+    assert done.rc != 0, done.output[-3000:]
     for message in (
         "max_model_len 4096 exceeds the model's context 2048",
         "'dtype' must be one of",
         "'port' must be unique on a host",
     ):
-        assert message in output, output[-5000:]
-    assert "Serve vLLM instances" not in output  # the converge play never started
+        assert message in done.output, done.output[-5000:]
+    assert "Serve vLLM instances" not in done.output  # the converge play never started
     assert host.run(HOST_STATE).stdout == before
     assert host.run(f"systemctl show -p MainPID --value {UNIT}").stdout.strip() == pid
 
 
-def _wrapper(*args: str) -> tuple[int, dict]:
-    """The `vllm-fleet` command line against this scenario's inventory, as a user runs it."""
-    inventory = os.environ["MOLECULE_INVENTORY_FILE"]
-    proc = subprocess.run(
-        [str(Path(sys.executable).parent / "vllm-fleet"), *args, "-i", inventory, "--json"],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
-    return proc.returncode, json.loads(proc.stdout)
-
-
-def test_wrapper_up_changes_nothing_on_a_converged_host(host):
-    code, doc = _wrapper("up")
+def test_wrapper_up_changes_nothing_on_a_converged_host(host, wrapper):
+    code, doc = wrapper("up")
     assert code == 0, doc["failures"]
     assert doc["hosts"][host.check_output("hostname")]["changed"] == 0
 
 
-def test_wrapper_status_reports_the_instance(host):
-    code, doc = _wrapper("status")
+def test_wrapper_status_reports_the_instance(host, wrapper):
+    code, doc = wrapper("status")
     assert code == 0, doc["failures"]
     [row] = doc["instances"][host.check_output("hostname")]
     assert row["instance"] == "tiny" and row["unit"] == "active" and row["healthy"] is True
@@ -214,10 +185,10 @@ def test_wrapper_status_reports_the_instance(host):
     assert row["requests_running"] == 0 and row["requests_waiting"] == 0
 
 
-def test_wrapper_plan_refuses_a_bad_spec(host):
+def test_wrapper_plan_refuses_a_bad_spec(host, wrapper):
     bad = {"vllm_server_instances": [{"name": "tiny", "model": "tiny-llama", "revision": "seed0",
                                       "port": 8000, "device": "cpu", "tensor_parallel_size": 3}]}  # fmt: skip
-    code, doc = _wrapper("plan", "-e", json.dumps(bad))
+    code, doc = wrapper("plan", "-e", json.dumps(bad))
     assert code == 3, doc
     [failure] = doc["plans"][host.check_output("hostname")]["failures"]
     assert "tensor_parallel_size 3 must divide the 4 attention heads" in failure

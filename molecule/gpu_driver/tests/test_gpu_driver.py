@@ -9,14 +9,7 @@ a plain converge refusing to move the driver, and the cuda_toolkit role.
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
-import time
-from pathlib import Path
-
-from vllm_fleet.paths import project_dir
 
 DRIVER_VERSION = "535.261.03"
 PINNED = ("nvidia-smi", "libcuda1", "libnvidia-ml1")
@@ -24,27 +17,6 @@ NOUVEAU_BLACKLIST = "/etc/modprobe.d/vllm-fleet-blacklist-nouveau.conf"
 APT_PIN = "/etc/apt/preferences.d/vllm-fleet-nvidia.pref"
 STATE_FACT = "/etc/ansible/facts.d/vllm_fleet_nvidia_driver.fact"
 CUDA_PROFILE = "/etc/profile.d/vllm-fleet-cuda.sh"
-
-
-def _playbook(playbook: str, *args: str) -> tuple[int, str, float]:
-    """ansible-playbook against this scenario's inventory: (rc, output, seconds).
-
-    The output's whitespace is collapsed: the YAML callback folds long messages across lines.
-    """
-    inventory = os.environ.get("MOLECULE_INVENTORY_FILE")
-    assert inventory, "run under Molecule: no MOLECULE_INVENTORY_FILE"
-    started = time.monotonic()
-    proc = subprocess.run(
-        [str(Path(sys.executable).parent / "ansible-playbook"), playbook, "-i", inventory, *args],
-        cwd=project_dir(),
-        env=dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0", NO_COLOR="1"),
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    output = re.sub(r"\x1b\[[0-9;]*m", "", proc.stdout + proc.stderr)
-    return proc.returncode, " ".join(output.split()), time.monotonic() - started
 
 
 def _selections(host) -> dict[str, str]:
@@ -133,7 +105,7 @@ def test_gpu_facts_say_zero_gpus(host):
     assert facts["status"] != "ok"
 
 
-def test_cuda_instance_refused_by_the_preflight(host):
+def test_cuda_instance_refused_by_the_preflight(host, run_playbook):
     spec = {
         "vllm_server_instances": [
             {
@@ -146,15 +118,17 @@ def test_cuda_instance_refused_by_the_preflight(host):
             }
         ]
     }
-    rc, output, seconds = _playbook("playbooks/plan.yml", "-e", json.dumps(spec))
+    rc, output, seconds = run_playbook("playbooks/plan.yml", None, "-e", json.dumps(spec), flat=True)
     print(f"plan.yml refused the cuda instance in {seconds:.1f} s")
     assert rc != 0, output[-3000:]
     assert "device cuda needs NVIDIA GPUs, the host has none" in output, output[-5000:]
 
 
-def test_plain_converge_refuses_to_move_the_driver(host):
+def test_plain_converge_refuses_to_move_the_driver(host, run_playbook):
     before = _selections(host)
-    rc, output, _ = _playbook("molecule/gpu_driver/converge.yml", "-e", "nvidia_driver_version=535.309.01")
+    rc, output, _ = run_playbook(
+        "molecule/gpu_driver/converge.yml", None, "-e", "nvidia_driver_version=535.309.01", flat=True
+    )
     assert rc != 0, output[-3000:]
     assert "nvidia_driver_version is 535.309.01 but vllm-gpu-driver-1 has driver 535.261.03" in output
     assert "playbooks/driver.yml" in output
@@ -162,8 +136,8 @@ def test_plain_converge_refuses_to_move_the_driver(host):
     assert host.package("nvidia-smi").version.startswith(f"{DRIVER_VERSION}-")
 
 
-def test_driver_playbook_leaves_a_host_with_nothing_to_do_alone(host):
-    rc, output, seconds = _playbook("playbooks/driver.yml")
+def test_driver_playbook_leaves_a_host_with_nothing_to_do_alone(host, run_playbook):
+    rc, output, seconds = run_playbook("playbooks/driver.yml", flat=True)
     print(f"playbooks/driver.yml on a host with nothing to change: {seconds:.1f} s")
     assert rc == 0, output[-5000:]
     assert re.search(r"vllm-gpu-driver-1 : ok=\d+ changed=0 unreachable=0 failed=0", output), output[-3000:]
@@ -171,24 +145,28 @@ def test_driver_playbook_leaves_a_host_with_nothing_to_do_alone(host):
     assert not re.search(r"TASK \[Wait until the host's vLLM instances serve again\] \**\s*ok:", output)
 
 
-def test_driver_playbook_refuses_to_take_a_serving_host_down_undrained(host):
+def test_driver_playbook_refuses_to_take_a_serving_host_down_undrained(host, run_playbook):
     # The sandbox group_vars give this host a vLLM instance; no gateway role exists to drain it.
     before = _selections(host)
-    rc, output, _ = _playbook("playbooks/driver.yml", "-e", "nvidia_driver_version=535.309.01")
+    rc, output, _ = run_playbook(
+        "playbooks/driver.yml", None, "-e", "nvidia_driver_version=535.309.01", flat=True
+    )
     assert rc != 0, output[-3000:]
     assert "vllm-gpu-driver-1 serves vLLM instances and its driver would change" in output, output[-3000:]
     assert "driver_drain_tasks" in output
     assert _selections(host) == before
 
 
-def test_cuda_toolkit_from_debian_in_check_mode(host):
-    rc, output, _ = _playbook(
+def test_cuda_toolkit_from_debian_in_check_mode(host, run_playbook):
+    rc, output, _ = run_playbook(
         "molecule/gpu_driver/toolkit.yml",
+        None,
         "--check",
         "-e",
         "cuda_toolkit_source=distribution",
         "-e",
         "cuda_toolkit_version=11.8",
+        flat=True,
     )
     assert rc == 0, output[-5000:]
     # The 1.6 GB nvidia-cuda-toolkit would be installed from the non-free sources the driver added.
@@ -198,28 +176,32 @@ def test_cuda_toolkit_from_debian_in_check_mode(host):
     assert not host.package("nvidia-cuda-toolkit").is_installed
 
 
-def test_cuda_toolkit_refuses_a_version_debian_does_not_package(host):
-    rc, output, _ = _playbook(
+def test_cuda_toolkit_refuses_a_version_debian_does_not_package(host, run_playbook):
+    rc, output, _ = run_playbook(
         "molecule/gpu_driver/toolkit.yml",
+        None,
         "-e",
         "cuda_toolkit_source=distribution",
         "-e",
         "cuda_toolkit_version=12.4",
+        flat=True,
     )
     assert rc != 0, output[-3000:]
     assert "Debian 12 packages CUDA 11.8 only" in output, output[-3000:]
 
 
-def test_cuda_toolkit_profile_script(host):
+def test_cuda_toolkit_profile_script(host, run_playbook):
     # NVIDIA's repository is out of reach here: the settings and the profile script only.
-    rc, output, _ = _playbook(
+    rc, output, _ = run_playbook(
         "molecule/gpu_driver/toolkit.yml",
+        None,
         "--tags",
         "cuda_toolkit_configure",
         "-e",
         "cuda_toolkit_source=cuda_repo",
         "-e",
         "cuda_toolkit_version=12.8",
+        flat=True,
     )
     try:
         assert rc == 0, output[-5000:]
@@ -237,15 +219,17 @@ def test_cuda_toolkit_profile_script(host):
 
 
 # Last: it moves the host to another driver version.
-def test_version_change_when_allowed_moves_and_holds_everything(host):
+def test_version_change_when_allowed_moves_and_holds_everything(host, run_playbook):
     """What playbooks/driver.yml does on a host (here without the reboot: no kernel module)."""
     newer = "535.309.01"  # bookworm-security's version, offered by the same sources
-    rc, output, seconds = _playbook(
+    rc, output, seconds = run_playbook(
         "molecule/gpu_driver/converge.yml",
+        None,
         "-e",
         f"nvidia_driver_version={newer}",
         "-e",
         "nvidia_driver_allow_version_change=true",
+        flat=True,
     )
     print(f"driver {DRIVER_VERSION} -> {newer} with the holds lifted and set again: {seconds:.1f} s")
     assert rc == 0, output[-5000:]

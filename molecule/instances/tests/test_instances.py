@@ -18,11 +18,8 @@ The measured times are printed (``pytest -s`` or Molecule's verifier output).
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -34,7 +31,7 @@ import pytest
 import yaml
 from openai import OpenAI
 
-from vllm_fleet.paths import cache_dir, project_dir
+from vllm_fleet.paths import cache_dir
 
 HOST_VARS = Path(__file__).resolve().parents[1] / "host_vars" / "vllm-instances-1.yml"
 SPECS: dict[str, dict[str, Any]] = {
@@ -45,7 +42,6 @@ VICTIM = "tiny"
 OTHER = "wide"
 # Generous bounds: two CPU vLLM servers share two cores here.
 READY_TIMEOUT = 300
-PLAYBOOK_TIMEOUT = 900
 # The victim's setting changed by the second converge: one sequence at a time, which also
 # makes the engine queue the streams of the stop test (still unfinished when the stop begins).
 CHANGED_MAX_NUM_SEQS = 1
@@ -171,42 +167,6 @@ def _keeps_serving(client: OpenAI, model: str, interval: float = 1.0) -> Iterato
         thread.join(timeout=150)
 
 
-def _converge(tmp_path: Path, overrides: dict[str, Any] | None = None) -> tuple[int, str]:
-    """Run the repository's site.yml on the scenario's inventory, as Molecule's converge does.
-
-    Molecule exports its inventory, Ansible config and paths to the verifier's environment.
-    Returns the exit code and the whole output (-v, with diffs).
-    """
-    inventory = os.environ.get("MOLECULE_INVENTORY_FILE")
-    assert inventory, "run under Molecule (molecule verify -s instances): no MOLECULE_INVENTORY_FILE"
-    playbook = shutil.which(
-        "ansible-playbook", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
-    )
-    assert playbook, "ansible-playbook not found"
-    cmd = [playbook, "-v", "--diff", "-i", str(Path(inventory).parent), str(project_dir() / "site.yml")]
-    if overrides is not None:
-        extra = tmp_path / "overrides.yml"
-        extra.write_text(yaml.safe_dump(overrides))
-        cmd += ["-e", f"@{extra}"]
-    env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
-    start = time.monotonic()
-    proc = subprocess.run(
-        cmd,
-        cwd=project_dir(),
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        timeout=PLAYBOOK_TIMEOUT,
-        check=False,
-    )
-    print(
-        f"\nansible-playbook site.yml ({'with overrides' if overrides else 'as converged'}): "
-        f"rc={proc.returncode} in {time.monotonic() - start:.1f} s"
-    )
-    return proc.returncode, proc.stdout
-
-
 # --- 1. two instances, two models -------------------------------------------------------------
 
 
@@ -289,14 +249,14 @@ def test_kill_9_is_restarted_by_systemd(host, clients, other_pid):
 # --- 3. a settings change restarts only that instance ------------------------------------------
 
 
-def test_changed_settings_restart_only_that_instance(host, clients, other_pid, api_key, tmp_path):
+def test_changed_settings_restart_only_that_instance(host, clients, other_pid, api_key, run_playbook):
     before = _main_pid(host, VICTIM)
     specs = [
         dict(spec, max_num_seqs=CHANGED_MAX_NUM_SEQS) if name == VICTIM else spec
         for name, spec in SPECS.items()
     ]
     with _keeps_serving(clients[OTHER], SPECS[OTHER]["served_model_name"]) as other_record:
-        rc, output = _converge(tmp_path, {"vllm_server_instances": specs})
+        rc, output, _ = run_playbook("site.yml", {"vllm_server_instances": specs}, "-v", "--diff")
     assert rc == 0, output[-8000:]
     assert api_key not in output
     after = _main_pid(host, VICTIM)
@@ -404,8 +364,8 @@ def test_stop_lets_in_flight_streams_finish(host, clients, address, other_pid):
 # --- 5. converge back --------------------------------------------------------------------------
 
 
-def test_converge_back_starts_it_with_its_own_settings(host, clients, other_pid, api_key, tmp_path):
-    rc, output = _converge(tmp_path)
+def test_converge_back_starts_it_with_its_own_settings(host, clients, other_pid, api_key, run_playbook):
+    rc, output, _ = run_playbook("site.yml", None, "-v", "--diff")
     assert rc == 0, output[-8000:]
     assert api_key not in output
     pid = _main_pid(host, VICTIM)
@@ -416,12 +376,12 @@ def test_converge_back_starts_it_with_its_own_settings(host, clients, other_pid,
     assert _main_pid(host, OTHER) == other_pid
 
 
-def test_instance_removed_from_the_inventory_is_retired(host, clients, other_pid, api_key, tmp_path):
+def test_instance_removed_from_the_inventory_is_retired(host, clients, other_pid, api_key, run_playbook):
     # A unit of the same name pattern that this role did not write must survive the retirement.
     foreign = "/etc/systemd/system/vllm-notours.service"
     host.run(f"printf '[Unit]\\nDescription=not a vllm-fleet instance\\n' > {foreign}")
     with _keeps_serving(clients[OTHER], SPECS[OTHER]["served_model_name"]) as other_record:
-        rc, output = _converge(tmp_path, {"vllm_server_instances": [SPECS[OTHER]]})
+        rc, output, _ = run_playbook("site.yml", {"vllm_server_instances": [SPECS[OTHER]]}, "-v", "--diff")
     assert rc == 0, output[-8000:]
     assert api_key not in output
     assert not host.service(_unit(VICTIM)).is_running

@@ -17,10 +17,6 @@ bad input  a model without tokenizer and an unknown type fail before any host ch
 from __future__ import annotations
 
 import json
-import os
-import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -56,32 +52,6 @@ def instance(revision: str) -> dict:
         "enforce_eager": True,
         "env": {"VLLM_CPU_KVCACHE_SPACE": "1"},
     }
-
-
-def play(playbook: str, extra: dict, tmp_path: Path) -> subprocess.CompletedProcess:
-    """Run one of this scenario's playbooks against the scenario's host, as Molecule does."""
-    extra_file = tmp_path / f"{playbook}.json"
-    extra_file.write_text(json.dumps(extra))
-    inventory = os.path.dirname(os.environ["MOLECULE_INVENTORY_FILE"])
-    proc = subprocess.run(
-        [
-            str(Path(sys.executable).parent / "ansible-playbook"),
-            "-i",
-            inventory,
-            str(SCENARIO / playbook),
-            "-e",
-            f"@{extra_file}",
-        ],
-        env=dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        timeout=900,
-        check=False,
-    )
-    proc.stdout = re.sub(r"\x1b\[[0-9;]*m", "", proc.stdout)
-    print(proc.stdout[-15000:])
-    return proc
 
 
 def record(host, revision: str, model: str = MODEL) -> dict:
@@ -172,34 +142,34 @@ def test_instance_serves_seed0(host, client):
 # --- phases ---------------------------------------------------------------------------------------
 
 
-def test_switch_instance_to_gen2(host, client, tmp_path):
+def test_switch_instance_to_gen2(host, client, run_playbook):
     before = main_pid(host)
-    proc = play("converge.yml", {"vllm_server_instances": [instance("gen2")]}, tmp_path)
-    assert proc.returncode == 0
+    done = run_playbook(SCENARIO / "converge.yml", {"vllm_server_instances": [instance("gen2")]})
+    assert done.rc == 0, done.output[-8000:]
     assert host.file(INSTANCE_LINK).linked_to == f"{MODEL}/gen2"
     assert host.file(f"{MODEL}/current").linked_to == f"{MODEL}/gen2"
     assert main_pid(host) != before
     assert_serves(host, client)
 
 
-def test_rollback_to_seed0(host, client, tmp_path):
+def test_rollback_to_seed0(host, client, run_playbook):
     before = main_pid(host)
     models = [GEN2, dict(SEED0, current=True), NFS]
     extra = {"model_sync_models": models, "vllm_server_instances": [instance("seed0")]}
-    proc = play("converge.yml", extra, tmp_path)
-    assert proc.returncode == 0
+    done = run_playbook(SCENARIO / "converge.yml", extra)
+    assert done.rc == 0, done.output[-8000:]
     assert host.file(f"{MODEL}/current").linked_to == f"{MODEL}/seed0"
     assert host.file(INSTANCE_LINK).linked_to == f"{MODEL}/seed0"
     assert main_pid(host) != before
     assert_serves(host, client)
 
 
-def test_corrupted_copy_is_refused_and_serving_goes_on(host, client, tmp_path):
+def test_corrupted_copy_is_refused_and_serving_goes_on(host, client, run_playbook):
     before = main_pid(host)
     # corrupt.yml itself asserts that publishing failed on the flipped file.
-    proc = play("corrupt.yml", {}, tmp_path)
-    assert proc.returncode == 0
-    assert "wrong sha256: tokenizer_config.json" in proc.stdout
+    done = run_playbook(SCENARIO / "corrupt.yml", {})
+    assert done.rc == 0, done.output[-8000:]
+    assert "wrong sha256: tokenizer_config.json" in done.output
     assert not host.file(f"{MODEL}/gen3").exists
     # The refused file is gone from staging: the next run copies it again.
     assert host.file(f"{MODEL}/.partial-gen3").is_directory
@@ -210,11 +180,11 @@ def test_corrupted_copy_is_refused_and_serving_goes_on(host, client, tmp_path):
     assert_serves(host, client)
 
 
-def test_next_run_heals_the_copy(host, client, tmp_path):
+def test_next_run_heals_the_copy(host, client, run_playbook):
     before = main_pid(host)
     models = [SEED0, GEN2, GEN3, NFS]
-    proc = play("sync.yml", {"model_sync_models": models}, tmp_path)
-    assert proc.returncode == 0
+    done = run_playbook(SCENARIO / "sync.yml", {"model_sync_models": models})
+    assert done.rc == 0, done.output[-8000:]
     assert record(host, "gen3")["manifest"]["digest"] != record(host, "gen2")["manifest"]["digest"]
     # gen3 differs from seed0 in tokenizer_config.json only: the new revision's other files are
     # hard links of the verified files already published, so only that file was copied.
@@ -228,27 +198,29 @@ def test_next_run_heals_the_copy(host, client, tmp_path):
     assert_serves(host, client)
 
 
-def test_prune_keeps_what_is_used(host, tmp_path):
-    proc = play("sync.yml", {"model_sync_models": [GEN3, NFS], "model_sync_keep_revisions": 0}, tmp_path)
-    assert proc.returncode == 0
+def test_prune_keeps_what_is_used(host, run_playbook):
+    done = run_playbook(
+        SCENARIO / "sync.yml", {"model_sync_models": [GEN3, NFS], "model_sync_keep_revisions": 0}
+    )
+    assert done.rc == 0, done.output[-8000:]
     # gen2 is neither requested, current nor used; seed0 is what the instance serves.
     assert revisions(host) == ["current", "gen3", "seed0"]
 
 
-def test_bad_input_fails_before_any_host_change(host, tmp_path):
+def test_bad_input_fails_before_any_host_change(host, tmp_path, run_playbook):
     before = store_snapshot(host)
     broken = tmp_path / "no-tokenizer"
     broken.mkdir()
     for name in ("config.json", "model.safetensors"):
         (broken / name).write_bytes(Path(TINY, name).read_bytes())
     bad = {"name": "tiny-llama", "revision": "broken", "source": str(broken)}
-    proc = play("converge.yml", {"model_sync_models": [GEN3, NFS, bad]}, tmp_path)
-    assert proc.returncode != 0
-    assert "model_sync_models[2] (tiny-llama@broken)" in proc.stdout
-    assert "no tokenizer" in proc.stdout
+    done = run_playbook(SCENARIO / "converge.yml", {"model_sync_models": [GEN3, NFS, bad]})
+    assert done.rc != 0, done.output[-8000:]
+    assert "model_sync_models[2] (tiny-llama@broken)" in done.output
+    assert "no tokenizer" in done.output
     odd = {"name": "tiny-llama", "revision": "odd", "type": "ftp", "source": "/x"}
-    proc = play("sync.yml", {"model_sync_models": [GEN3, odd]}, tmp_path)
-    assert proc.returncode != 0
+    done = run_playbook(SCENARIO / "sync.yml", {"model_sync_models": [GEN3, odd]})
+    assert done.rc != 0, done.output[-8000:]
     # The role's argument spec refuses it first (the preflight would too, in the same words).
-    assert "ftp" in proc.stdout and "directory, nfs, huggingface, modelscope, gguf" in proc.stdout
+    assert "ftp" in done.output and "directory, nfs, huggingface, modelscope, gguf" in done.output
     assert store_snapshot(host) == before

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -140,22 +139,9 @@ def test_dashboard_metrics_exist_in_live_scrapes(host, vllm_host):
     assert used and used - exposed == set()
 
 
-def test_status_shows_prometheus_figures(host):
-    proc = subprocess.run(
-        [
-            str(Path(sys.executable).parent / "vllm-fleet"),
-            "status",
-            "-i",
-            os.environ["MOLECULE_INVENTORY_FILE"],
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    doc = json.loads(proc.stdout)
-    assert proc.returncode == 0, doc["failures"]
+def test_status_shows_prometheus_figures(host, wrapper):
+    code, doc = wrapper("status")
+    assert code == 0, doc["failures"]
     rows = {row["instance"]: row for row in doc["instances"][VLLM_HOST]}
     assert set(rows) == {spec["name"] for spec in SPECS}
     for row in rows.values():
