@@ -24,13 +24,6 @@ NEEDS = {
         "no conda distribution or channel is reachable here: set VLLM_FLEET_CONDA_INSTALLER to a "
         "Miniforge or Miniconda installer file (its Python matching the wheelhouse's) to run it",
     ),
-    # Three CPU vLLM servers restarting under load on a 2-core machine: about 35 minutes, too
-    # long for every CI run until its load is made lighter. Run it with `molecule test -s fleet`.
-    "fleet": (
-        "VLLM_FLEET_RUN_FLEET",
-        "the rolling-upgrade scenario takes about 35 minutes on a 2-core machine: set "
-        "VLLM_FLEET_RUN_FLEET=1 to run it here, or run `molecule test -s fleet`",
-    ),
 }
 
 

@@ -3,12 +3,16 @@
 The tests run in file order and build on each other (three vLLM hosts, one nginx gateway):
 
 1. the gateway asks for the API key on every path, also those vLLM leaves open;
-2. a rolling upgrade to a second good revision under load: 0 failed requests, every host on it;
+2. a rolling upgrade to a second good revision under load, cut short after its first host and
+   resumed by a second run: 0 failed requests, every host on it;
 3. an upgrade to a broken revision (it loads and answers /health, but wrongly) under load: the
    first host fails its golden prompt, goes back by itself and serves again, the run stops with
    a report naming host, instance, expected and got; the other hosts are not touched; 0 failed
    requests, and no client ever got a wrong answer;
-4. playbooks/rollback.yml under load: the whole fleet back on the first revision, 0 failed.
+4. playbooks/rollback.yml under load, two hosts per batch: the whole fleet back on the first
+   revision, 0 failed.
+
+Before any of it, a batch size that would drain every host at once is refused, nothing changed.
 
 The load generator (vllm_fleet.loadgen) uses the official OpenAI client through the gateway,
 streaming and non-streaming, with the client's retries off; a request fails on any error, on a
@@ -18,11 +22,7 @@ stream cut short, and on an answer without "Paris". Times and counts are printed
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -32,7 +32,7 @@ import pytest
 import yaml
 
 from vllm_fleet.loadgen import LoadGenerator
-from vllm_fleet.paths import cache_dir, project_dir
+from vllm_fleet.paths import cache_dir
 
 SCENARIO = Path(__file__).resolve().parents[1]
 HOST_VARS = yaml.safe_load((SCENARIO / "host_vars" / "fleet-vllm-1.yml").read_text())
@@ -44,7 +44,7 @@ FIRST = INSTANCE["revision"]
 STORE_NAME = INSTANCE["model"]
 # Revisions `vllm-fleet build` derives from SmolLM2 (vllm_fleet.models.build_revision).
 SECOND, BROKEN = "second", "broken"
-PLAYBOOK_TIMEOUT = 1200
+UPGRADE, ROLLBACK = "playbooks/upgrade.yml", "playbooks/rollback.yml"
 # Steady traffic that still leaves the two cores room for a restarting instance.
 WORKERS = 3
 PAUSE = 0.2
@@ -101,36 +101,6 @@ def _target(revision: str) -> dict[str, Any]:
     }
 
 
-def _playbook(name: str, tmp_path: Path, extra: dict[str, Any] | None = None) -> tuple[int, str, float]:
-    """Run playbooks/<name> on the scenario's inventory, as a user would. (rc, output, seconds)."""
-    inventory = os.environ.get("MOLECULE_INVENTORY_FILE")
-    assert inventory, "run under Molecule (molecule verify -s fleet): no MOLECULE_INVENTORY_FILE"
-    playbook = shutil.which(
-        "ansible-playbook", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
-    )
-    assert playbook, "ansible-playbook not found"
-    cmd = [playbook, "-i", str(Path(inventory).parent), str(project_dir() / "playbooks" / name)]
-    if extra is not None:
-        path = tmp_path / "target.yml"
-        path.write_text(yaml.safe_dump(extra))
-        cmd += ["-e", f"@{path}"]
-    env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
-    start = time.monotonic()
-    proc = subprocess.run(
-        cmd,
-        cwd=project_dir(),
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        timeout=PLAYBOOK_TIMEOUT,
-        check=False,
-    )
-    elapsed = time.monotonic() - start
-    print(f"\nansible-playbook playbooks/{name}: rc={proc.returncode} in {elapsed:.1f} s")
-    return proc.returncode, proc.stdout, elapsed
-
-
 def _under_load(run: Any) -> tuple[Any, LoadGenerator]:
     """Call run() while the load generator sends requests through the gateway."""
     load = LoadGenerator(
@@ -176,33 +146,55 @@ def test_the_gateway_asks_for_the_key_on_every_path(prefix: str, path: str) -> N
         assert _get(url, _api_key()) == 200
 
 
-def test_rolling_upgrade_under_load_drops_nothing(tmp_path: Path) -> None:
-    (rc, output, elapsed), load = _under_load(lambda: _playbook("upgrade.yml", tmp_path, _target(SECOND)))
-    assert rc == 0, output[-6000:]
+@pytest.mark.parametrize("serial", ["3", "two"])
+def test_a_batch_of_every_host_is_refused_before_anything_changes(run_playbook, serial: str) -> None:
+    pids = [_main_pid(h) for h in VLLM_HOSTS]
+    rc, output, _ = run_playbook(UPGRADE, _target(SECOND), "-e", f"upgrade_serial={serial}")
+    assert rc != 0, output[-3000:]
+    assert "upgrade_serial must be a whole number of hosts from 1 to 2" in output, output[-3000:]
+    assert f"got '{serial}'" in output, output[-3000:]
+    assert [_revision(h) for h in VLLM_HOSTS] == [FIRST] * len(VLLM_HOSTS)
+    assert [_main_pid(h) for h in VLLM_HOSTS] == pids
+    assert _drained_lines() == []
+
+
+def test_rolling_upgrade_under_load_drops_nothing_and_resumes(run_playbook) -> None:
+    pids: dict[str, int] = {}
+
+    def cut_short_then_resumed() -> tuple[Any, Any]:
+        # The first run ends after its first host (as if it had been stopped there); the next
+        # run finds that host on the target, only gates it, and switches the others.
+        first = run_playbook(UPGRADE, _target(SECOND), "--limit", VLLM_HOSTS[0])
+        pids.update({h: _main_pid(h) for h in VLLM_HOSTS})
+        return first, run_playbook(UPGRADE, _target(SECOND))
+
+    (first, resumed), load = _under_load(cut_short_then_resumed)
+    assert first.rc == 0, first.output[-6000:]
+    assert resumed.rc == 0, resumed.output[-6000:]
     assert load.report.failed == 0, _failures(load)
     assert [_revision(h) for h in VLLM_HOSTS] == [SECOND] * len(VLLM_HOSTS)
+    assert _main_pid(VLLM_HOSTS[0]) == pids[VLLM_HOSTS[0]]
+    assert all(_main_pid(h) != pids[h] for h in VLLM_HOSTS[1:])
     assert _drained_lines() == []
     # Both kinds of request went through the whole run.
     assert 0 < load.report.summary()["streams"] < load.report.total
-    print(f"upgrade of {len(VLLM_HOSTS)} hosts: {elapsed:.1f} s")
+    print(f"upgrade of {len(VLLM_HOSTS)} hosts in two runs: {first.seconds + resumed.seconds:.1f} s")
 
 
-def test_a_second_run_has_nothing_to_switch(tmp_path: Path) -> None:
+def test_a_second_run_has_nothing_to_switch(run_playbook) -> None:
     pids = [_main_pid(h) for h in VLLM_HOSTS]
-    rc, output, _ = _playbook("upgrade.yml", tmp_path, _target(SECOND))
+    rc, output, _ = run_playbook(UPGRADE, _target(SECOND))
     assert rc == 0, output[-6000:]
     assert [_main_pid(h) for h in VLLM_HOSTS] == pids
 
 
-def test_broken_revision_rolls_back_by_itself_and_stops_the_run(tmp_path: Path) -> None:
+def test_broken_revision_rolls_back_by_itself_and_stops_the_run(run_playbook) -> None:
     untouched = {h: _main_pid(h) for h in VLLM_HOSTS[1:]}
-    (rc, output, _), load = _under_load(lambda: _playbook("upgrade.yml", tmp_path, _target(BROKEN)))
+    (rc, output, _), load = _under_load(lambda: run_playbook(UPGRADE, _target(BROKEN), flat=True))
     assert rc != 0, output[-6000:]
-    # The report, however the callback wraps its lines.
-    report = " ".join(output.split())
-    assert f"UPGRADE STOPPED at {VLLM_HOSTS[0]}" in report, output[-6000:]
-    assert f"golden prompt of instance {INSTANCE['name']} on {VLLM_HOSTS[0]}: expected" in report
-    assert "got" in report and f"{VLLM_HOSTS[0]} was switched back" in report
+    assert f"UPGRADE STOPPED at {VLLM_HOSTS[0]}" in output, output[-6000:]
+    assert f"golden prompt of instance {INSTANCE['name']} on {VLLM_HOSTS[0]}: expected" in output
+    assert "got" in output and f"{VLLM_HOSTS[0]} was switched back" in output
     # No client ever saw an error or the broken revision's answer (the gate comes first).
     assert load.report.failed == 0, _failures(load)
     assert [_revision(h) for h in VLLM_HOSTS] == [SECOND] * len(VLLM_HOSTS)
@@ -210,14 +202,15 @@ def test_broken_revision_rolls_back_by_itself_and_stops_the_run(tmp_path: Path) 
     assert _drained_lines() == []
 
 
-def test_rollback_takes_the_whole_fleet_back(tmp_path: Path) -> None:
-    (rc, output, elapsed), load = _under_load(lambda: _playbook("rollback.yml", tmp_path))
+def test_rollback_in_batches_of_two_takes_the_whole_fleet_back(run_playbook) -> None:
+    # Two hosts drained at once (their gateway edits must not overwrite each other), one serving.
+    (rc, output, elapsed), load = _under_load(lambda: run_playbook(ROLLBACK, None, "-e", "upgrade_serial=2"))
     assert rc == 0, output[-6000:]
     assert load.report.failed == 0, _failures(load)
     assert [_revision(h) for h in VLLM_HOSTS] == [FIRST] * len(VLLM_HOSTS)
     print(f"rollback of {len(VLLM_HOSTS)} hosts: {elapsed:.1f} s")
     # Rolling back again changes nothing.
     pids = [_main_pid(h) for h in VLLM_HOSTS]
-    rc, output, _ = _playbook("rollback.yml", tmp_path)
+    rc, output, _ = run_playbook(ROLLBACK)
     assert rc == 0, output[-6000:]
     assert [_main_pid(h) for h in VLLM_HOSTS] == pids
