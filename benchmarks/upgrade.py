@@ -2,7 +2,7 @@
 """Benchmark of a rolling upgrade against bare restarts, under client load, on a real fleet.
 
     molecule create -s fleet && molecule converge -s fleet        # 3 vLLM hosts + a gateway
-    .venv/bin/python benchmarks/upgrade.py [--inventory DIR] [--steady 30] [--workers 4]
+    .venv/bin/python benchmarks/upgrade.py [--inventory DIR] [--steady 90] [--workers 3]
 
 Runs against the Molecule ``fleet`` scenario's hosts (its inventory is found under Molecule's
 ephemeral directory unless --inventory names one), with the load generator of the scenario
@@ -47,7 +47,8 @@ HOST_VARS = yaml.safe_load((ROOT / "molecule" / "fleet" / "host_vars" / "fleet-v
 INSTANCE = HOST_VARS["vllm_server_instances"][0]
 HOSTS = ("fleet-vllm-1", "fleet-vllm-2", "fleet-vllm-3")
 GATEWAY = "fleet-gateway"
-ROLLING_PLAY = "PLAY [Rolling upgrade"
+# Where the rolling phase starts (upgrade.yml stages every host first; rollback.yml does not).
+ROLLING_PLAYS = ("PLAY [Rolling upgrade", "PLAY [Roll back")
 
 
 def log(message: str) -> None:
@@ -55,7 +56,7 @@ def log(message: str) -> None:
 
 
 def find_inventory() -> Path:
-    """The fleet scenario's inventory in Molecule's ephemeral directory (the newest one)."""
+    """The fleet scenario's inventory directory in Molecule's ephemeral directory (the newest)."""
     found = sorted(
         Path.home().glob(".ansible/tmp/molecule.*.fleet/inventory"), key=lambda p: p.stat().st_mtime
     )
@@ -123,9 +124,11 @@ def target(revision_name: str) -> dict[str, Any]:
     }
 
 
-def playbook(inventory: Path, name: str, extra: dict[str, Any] | None) -> dict[str, float]:
+def playbook(
+    inventory: Path, name: str, extra: dict[str, Any] | None, log_dir: Path | None
+) -> dict[str, float]:
     """Run playbooks/<name>; returns monotonic start, end and the rolling play's start."""
-    cmd = [str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(inventory.parent)]
+    cmd = [str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(inventory)]
     cmd.append(str(ROOT / "playbooks" / name))
     with tempfile.NamedTemporaryFile("w", suffix=".yml", delete=False) as handle:
         yaml.safe_dump(extra or {}, handle)
@@ -140,10 +143,12 @@ def playbook(inventory: Path, name: str, extra: dict[str, Any] | None) -> dict[s
         assert proc.stdout is not None
         for line in proc.stdout:
             lines.append(line)
-            if line.startswith(ROLLING_PLAY) and rolling == start:
+            if line.startswith(ROLLING_PLAYS) and rolling == start:
                 rolling = time.monotonic()
     end = time.monotonic()
     os.unlink(handle.name)
+    if log_dir:
+        (log_dir / f"{name}.log").write_text("".join(lines))
     if proc.returncode != 0:
         sys.stderr.write("".join(lines[-80:]))
         raise SystemExit(f"playbooks/{name} failed (rc={proc.returncode})")
@@ -162,11 +167,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--inventory", type=Path, default=None, help="Molecule inventory file of the fleet")
-    parser.add_argument("--steady", type=float, default=30.0, help="seconds of steady-state load")
+    parser.add_argument(
+        "--inventory",
+        type=Path,
+        default=None,
+        help="the fleet's inventory directory (default: Molecule's for the fleet scenario)",
+    )
+    parser.add_argument("--steady", type=float, default=90.0, help="seconds of steady-state load")
     parser.add_argument("--workers", type=int, default=3, help="concurrent clients")
     parser.add_argument("--pause", type=float, default=0.2, help="seconds each client waits between requests")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    parser.add_argument("--log-dir", type=Path, default=None, help="write each playbook's output here")
     args = parser.parse_args(argv)
     inventory = args.inventory or find_inventory()
     key = (cache_dir() / "sandbox" / "api-key").read_text().strip()
@@ -201,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
 
         for name, extra in (("upgrade.yml", target("second")), ("rollback.yml", None)):
             log(f"playbooks/{name}")
-            run = playbook(inventory, name, extra)
+            run = playbook(inventory, name, extra, args.log_dir)
             time.sleep(2)
             wall, rolling = run["end"] - run["start"], run["end"] - run["rolling"]
             results[name] = {
