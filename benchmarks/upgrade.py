@@ -39,14 +39,13 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "molecule" / "fleet" / "tests"))
+
+from fleet_scenario import GATEWAY, INSTANCE, UNIT, VLLM_HOSTS, address, revision, target  # noqa: E402
 
 from vllm_fleet.loadgen import LoadGenerator, LoadReport  # noqa: E402
 from vllm_fleet.paths import cache_dir  # noqa: E402
 
-HOST_VARS = yaml.safe_load((ROOT / "molecule" / "fleet" / "host_vars" / "fleet-vllm-1.yml").read_text())
-INSTANCE = HOST_VARS["vllm_server_instances"][0]
-HOSTS = ("fleet-vllm-1", "fleet-vllm-2", "fleet-vllm-3")
-GATEWAY = "fleet-gateway"
 # Where the rolling phase starts (upgrade.yml stages every host first; rollback.yml does not).
 ROLLING_PLAYS = ("PLAY [Rolling upgrade", "PLAY [Roll back")
 
@@ -63,24 +62,6 @@ def find_inventory() -> Path:
     if not found:
         raise SystemExit("no Molecule inventory of the fleet scenario: run `molecule converge -s fleet`")
     return found[-1]
-
-
-def address(container: str) -> str:
-    out = subprocess.run(
-        ["docker", "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}", container],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.split()
-    return out[0]
-
-
-def revision(host: str) -> str:
-    link = f"/var/lib/vllm-fleet/instances/{INSTANCE['name']}/model"
-    out = subprocess.run(
-        ["docker", "exec", host, "readlink", link], check=True, capture_output=True, text=True
-    )
-    return Path(out.stdout.strip()).name
 
 
 def serves(host: str, key: str) -> bool:
@@ -103,25 +84,10 @@ def serves(host: str, key: str) -> bool:
 def bare_restart(host: str, key: str) -> float:
     """Seconds from `systemctl restart` to the instance's first completion."""
     start = time.monotonic()
-    subprocess.run(
-        ["docker", "exec", host, "systemctl", "restart", f"vllm-{INSTANCE['name']}.service"], check=True
-    )
+    subprocess.run(["docker", "exec", host, "systemctl", "restart", UNIT], check=True)
     while not serves(host, key):
         time.sleep(0.5)
     return time.monotonic() - start
-
-
-def target(revision_name: str) -> dict[str, Any]:
-    return {
-        "model_sync_models": [
-            {
-                "name": INSTANCE["model"],
-                "revision": revision_name,
-                "source": str(cache_dir() / "models" / f"{INSTANCE['model']}-{revision_name}"),
-            }
-        ],
-        "vllm_server_instances": [{**INSTANCE, "revision": revision_name}],
-    }
 
 
 def playbook(
@@ -182,10 +148,10 @@ def main(argv: list[str] | None = None) -> int:
     inventory = args.inventory or find_inventory()
     key = (cache_dir() / "sandbox" / "api-key").read_text().strip()
     first = INSTANCE["revision"]
-    if [revision(h) for h in HOSTS] != [first] * len(HOSTS):
+    if [revision(h) for h in VLLM_HOSTS] != [first] * len(VLLM_HOSTS):
         raise SystemExit(f"the fleet is not on {first} everywhere: converge the fleet scenario again")
 
-    results: dict[str, Any] = {"hosts": len(HOSTS), "workers": args.workers, "pause_s": args.pause}
+    results: dict[str, Any] = {"hosts": len(VLLM_HOSTS), "workers": args.workers, "pause_s": args.pause}
     load = LoadGenerator(
         f"http://{address(GATEWAY)}/v1",
         key,
@@ -202,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         results["steady"] = figures(load.report, start, time.monotonic())
 
         restarts = {}
-        for host in HOSTS:
+        for host in VLLM_HOSTS:
             log(f"bare restart of {host}")
             restarts[host] = round(bare_restart(host, key), 2)
             time.sleep(5)  # let the gateway's passive checks forget the failures

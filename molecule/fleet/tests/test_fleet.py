@@ -22,26 +22,18 @@ stream cut short, and on an answer without "Paris". Times and counts are printed
 from __future__ import annotations
 
 import json
-import subprocess
 import urllib.error
 import urllib.request
-from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
+from fleet_scenario import GATEWAY, INSTANCE, UNIT, VLLM_HOSTS, address, docker_exec, revision, target
 
 from vllm_fleet.loadgen import LoadGenerator
 from vllm_fleet.paths import cache_dir
 
-SCENARIO = Path(__file__).resolve().parents[1]
-HOST_VARS = yaml.safe_load((SCENARIO / "host_vars" / "fleet-vllm-1.yml").read_text())
-VLLM_HOSTS = ("fleet-vllm-1", "fleet-vllm-2", "fleet-vllm-3")
-GATEWAY = "fleet-gateway"
-INSTANCE = HOST_VARS["vllm_server_instances"][0]
 MODEL = INSTANCE["served_model_name"]
 FIRST = INSTANCE["revision"]
-STORE_NAME = INSTANCE["model"]
 # Revisions `vllm-fleet build` derives from SmolLM2 (vllm_fleet.models.build_revision).
 SECOND, BROKEN = "second", "broken"
 UPGRADE, ROLLBACK = "playbooks/upgrade.yml", "playbooks/rollback.yml"
@@ -55,50 +47,17 @@ def _api_key() -> str:
 
 
 def _gateway_url() -> str:
-    """The gateway's address on the scenario's Docker network (reachable from the controller)."""
-    out = subprocess.run(
-        ["docker", "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}", GATEWAY],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.split()
-    assert out, f"{GATEWAY} has no address"
-    return f"http://{out[0]}"
-
-
-def _exec(host: str, *argv: str) -> str:
-    return subprocess.run(["docker", "exec", host, *argv], check=True, capture_output=True, text=True).stdout
-
-
-def _revision(host: str) -> str:
-    """The model revision the host's instance runs (its model link, as vllm_server keeps it)."""
-    return Path(
-        _exec(host, "readlink", f"/var/lib/vllm-fleet/instances/{INSTANCE['name']}/model").strip()
-    ).name
+    return f"http://{address(GATEWAY)}"
 
 
 def _main_pid(host: str) -> int:
-    return int(
-        _exec(host, "systemctl", "show", "-p", "MainPID", "--value", f"vllm-{INSTANCE['name']}.service")
-    )
+    return int(docker_exec(host, "systemctl", "show", "-p", "MainPID", "--value", UNIT))
 
 
 def _drained_lines() -> list[str]:
-    return [line for line in _exec(GATEWAY, "cat", "/etc/nginx/nginx.conf").splitlines() if " down;" in line]
-
-
-def _target(revision: str) -> dict[str, Any]:
-    """Extra vars that make `revision` the fleet's target (as a user would edit the inventory)."""
-    return {
-        "model_sync_models": [
-            {
-                "name": STORE_NAME,
-                "revision": revision,
-                "source": str(cache_dir() / "models" / f"{STORE_NAME}-{revision}"),
-            }
-        ],
-        "vllm_server_instances": [{**INSTANCE, "revision": revision}],
-    }
+    return [
+        line for line in docker_exec(GATEWAY, "cat", "/etc/nginx/nginx.conf").splitlines() if " down;" in line
+    ]
 
 
 def _under_load(run: Any) -> tuple[Any, LoadGenerator]:
@@ -131,8 +90,8 @@ def _get(url: str, key: str | None) -> int:
         return int(err.code)
 
 
-def test_the_fleet_starts_on_the_first_revision() -> None:
-    assert [_revision(h) for h in VLLM_HOSTS] == [FIRST] * len(VLLM_HOSTS)
+def test_the_fleet_starts_on_the_firstrevision() -> None:
+    assert [revision(h) for h in VLLM_HOSTS] == [FIRST] * len(VLLM_HOSTS)
     assert _drained_lines() == []
 
 
@@ -149,11 +108,11 @@ def test_the_gateway_asks_for_the_key_on_every_path(prefix: str, path: str) -> N
 @pytest.mark.parametrize("serial", ["3", "two"])
 def test_a_batch_of_every_host_is_refused_before_anything_changes(run_playbook, serial: str) -> None:
     pids = [_main_pid(h) for h in VLLM_HOSTS]
-    rc, output, _ = run_playbook(UPGRADE, _target(SECOND), "-e", f"upgrade_serial={serial}")
+    rc, output, _ = run_playbook(UPGRADE, target(SECOND), "-e", f"upgrade_serial={serial}")
     assert rc != 0, output[-3000:]
     assert "upgrade_serial must be a whole number of hosts from 1 to 2" in output, output[-3000:]
     assert f"got '{serial}'" in output, output[-3000:]
-    assert [_revision(h) for h in VLLM_HOSTS] == [FIRST] * len(VLLM_HOSTS)
+    assert [revision(h) for h in VLLM_HOSTS] == [FIRST] * len(VLLM_HOSTS)
     assert [_main_pid(h) for h in VLLM_HOSTS] == pids
     assert _drained_lines() == []
 
@@ -164,15 +123,15 @@ def test_rolling_upgrade_under_load_drops_nothing_and_resumes(run_playbook) -> N
     def cut_short_then_resumed() -> tuple[Any, Any]:
         # The first run ends after its first host (as if it had been stopped there); the next
         # run finds that host on the target, only gates it, and switches the others.
-        first = run_playbook(UPGRADE, _target(SECOND), "--limit", VLLM_HOSTS[0])
+        first = run_playbook(UPGRADE, target(SECOND), "--limit", VLLM_HOSTS[0])
         pids.update({h: _main_pid(h) for h in VLLM_HOSTS})
-        return first, run_playbook(UPGRADE, _target(SECOND))
+        return first, run_playbook(UPGRADE, target(SECOND))
 
     (first, resumed), load = _under_load(cut_short_then_resumed)
     assert first.rc == 0, first.output[-6000:]
     assert resumed.rc == 0, resumed.output[-6000:]
     assert load.report.failed == 0, _failures(load)
-    assert [_revision(h) for h in VLLM_HOSTS] == [SECOND] * len(VLLM_HOSTS)
+    assert [revision(h) for h in VLLM_HOSTS] == [SECOND] * len(VLLM_HOSTS)
     assert _main_pid(VLLM_HOSTS[0]) == pids[VLLM_HOSTS[0]]
     assert all(_main_pid(h) != pids[h] for h in VLLM_HOSTS[1:])
     assert _drained_lines() == []
@@ -183,21 +142,21 @@ def test_rolling_upgrade_under_load_drops_nothing_and_resumes(run_playbook) -> N
 
 def test_a_second_run_has_nothing_to_switch(run_playbook) -> None:
     pids = [_main_pid(h) for h in VLLM_HOSTS]
-    rc, output, _ = run_playbook(UPGRADE, _target(SECOND))
+    rc, output, _ = run_playbook(UPGRADE, target(SECOND))
     assert rc == 0, output[-6000:]
     assert [_main_pid(h) for h in VLLM_HOSTS] == pids
 
 
 def test_broken_revision_rolls_back_by_itself_and_stops_the_run(run_playbook) -> None:
     untouched = {h: _main_pid(h) for h in VLLM_HOSTS[1:]}
-    (rc, output, _), load = _under_load(lambda: run_playbook(UPGRADE, _target(BROKEN), flat=True))
+    (rc, output, _), load = _under_load(lambda: run_playbook(UPGRADE, target(BROKEN), flat=True))
     assert rc != 0, output[-6000:]
     assert f"UPGRADE STOPPED at {VLLM_HOSTS[0]}" in output, output[-6000:]
     assert f"golden prompt of instance {INSTANCE['name']} on {VLLM_HOSTS[0]}: expected" in output
     assert "got" in output and f"{VLLM_HOSTS[0]} was switched back" in output
     # No client ever saw an error or the broken revision's answer (the gate comes first).
     assert load.report.failed == 0, _failures(load)
-    assert [_revision(h) for h in VLLM_HOSTS] == [SECOND] * len(VLLM_HOSTS)
+    assert [revision(h) for h in VLLM_HOSTS] == [SECOND] * len(VLLM_HOSTS)
     assert {h: _main_pid(h) for h in VLLM_HOSTS[1:]} == untouched
     assert _drained_lines() == []
 
@@ -207,7 +166,7 @@ def test_rollback_in_batches_of_two_takes_the_whole_fleet_back(run_playbook) -> 
     (rc, output, elapsed), load = _under_load(lambda: run_playbook(ROLLBACK, None, "-e", "upgrade_serial=2"))
     assert rc == 0, output[-6000:]
     assert load.report.failed == 0, _failures(load)
-    assert [_revision(h) for h in VLLM_HOSTS] == [FIRST] * len(VLLM_HOSTS)
+    assert [revision(h) for h in VLLM_HOSTS] == [FIRST] * len(VLLM_HOSTS)
     print(f"rollback of {len(VLLM_HOSTS)} hosts: {elapsed:.1f} s")
     # Rolling back again changes nothing.
     pids = [_main_pid(h) for h in VLLM_HOSTS]

@@ -1,0 +1,59 @@
+"""What the fleet scenario's tests and benchmarks/upgrade.py both need to know of its hosts.
+
+The hosts, the instance every vLLM host serves (host_vars/), how to reach a container, which
+model revision a host runs, and the extra vars that make a revision the fleet's target.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from vllm_fleet.paths import cache_dir
+
+SCENARIO = Path(__file__).resolve().parents[1]
+HOST_VARS = yaml.safe_load((SCENARIO / "host_vars" / "fleet-vllm-1.yml").read_text())
+VLLM_HOSTS = ("fleet-vllm-1", "fleet-vllm-2", "fleet-vllm-3")
+GATEWAY = "fleet-gateway"
+INSTANCE: dict[str, Any] = HOST_VARS["vllm_server_instances"][0]
+UNIT = f"vllm-{INSTANCE['name']}.service"
+
+
+def address(container: str) -> str:
+    """The container's address on the scenario's Docker network (reachable from the controller)."""
+    out = subprocess.run(
+        ["docker", "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}", container],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    assert out, f"{container} has no address"
+    return out[0]
+
+
+def docker_exec(host: str, *argv: str) -> str:
+    return subprocess.run(["docker", "exec", host, *argv], check=True, capture_output=True, text=True).stdout
+
+
+def revision(host: str) -> str:
+    """The model revision the host's instance runs (its model link, as vllm_server keeps it)."""
+    link = docker_exec(host, "readlink", f"/var/lib/vllm-fleet/instances/{INSTANCE['name']}/model")
+    return Path(link.strip()).name
+
+
+def target(revision_name: str) -> dict[str, Any]:
+    """Extra vars that make `revision_name` the fleet's target (as a user would edit the inventory)."""
+    model = INSTANCE["model"]
+    return {
+        "model_sync_models": [
+            {
+                "name": model,
+                "revision": revision_name,
+                "source": str(cache_dir() / "models" / f"{model}-{revision_name}"),
+            }
+        ],
+        "vllm_server_instances": [{**INSTANCE, "revision": revision_name}],
+    }
