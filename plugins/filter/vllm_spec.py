@@ -1,14 +1,9 @@
-"""Filters over instance specs; the logic lives in module_utils (vllm_spec.py, preflight.py)."""
+"""Filters over instance specs; the logic lives in module_utils/vllm_spec.py."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from ansible_collections.vllm_fleet.serving.plugins.module_utils.preflight import (
-    expand_declared_gpus,
-    parse_listeners,
-    plan_host,
-)
 from ansible_collections.vllm_fleet.serving.plugins.module_utils.status import status_rows
 from ansible_collections.vllm_fleet.serving.plugins.module_utils.vllm_spec import (
     server_argv,
@@ -29,8 +24,5 @@ class FilterModule:
             "vllm_server_argv": server_argv,
             "vllm_server_env": server_environment,
             "systemd_quote": systemd_quote,
-            "vllm_plan": plan_host,
-            "vllm_declared_gpus": expand_declared_gpus,
-            "ss_listeners": parse_listeners,
             "vllm_status_rows": status_rows,
         }

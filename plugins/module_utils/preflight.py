@@ -1,7 +1,7 @@
 """The preflight planner: every instance of a host checked against the host and the model.
 
 Pure functions over plain data, so the planner runs the same in a playbook (through the
-`vllm_plan` filter), in unit tests and for `vllm-fleet plan`:
+`fleet_plan` action, for the whole fleet at once), in unit tests and for `vllm-fleet plan`:
 
 - the instance specs of one host (`vllm_server_instances`);
 - the host's GPUs: the `vllm_fleet_gpus` fact of the gpu_facts module, or the hardware an
@@ -15,9 +15,13 @@ Each check ends as `pass`, `fail` or `not checked` (its input is missing: it nev
 
 from __future__ import annotations
 
+import json
 import shlex
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
+from ansible_collections.vllm_fleet.serving.plugins.module_utils.golden import prompt_errors
 from ansible_collections.vllm_fleet.serving.plugins.module_utils.vllm_spec import (
     server_argv,
     validate_instance,
@@ -35,6 +39,7 @@ _DTYPE_BYTES = {"float32": 4, "float": 4, "bfloat16": 2, "float16": 2, "half": 2
 # Quantization methods that read the same checkpoints (vLLM upgrades awq to awq_marlin, ...).
 _QUANT_FAMILIES = {"awq_marlin": "awq", "gptq_marlin": "gptq", "fbgemm_fp8": "fp8"}
 GIB = 1024**3
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
 
 
 def _check(name: str, status: str, detail: str) -> dict[str, str]:
@@ -338,6 +343,59 @@ def plan_host(
             f"instance {plan['instance']}: {c['detail']}" for c in plan["checks"] if c["status"] == FAIL
         ]
     return {"instances": plans, "host_errors": host_errors, "failures": failures, "ok": not failures}
+
+
+def read_model_facts(source: str) -> dict[str, Any]:
+    """What the planner needs of a model directory on the controller: its config.json (None when
+    absent or unreadable) and the total size of its weight files."""
+    root = Path(source)
+    try:
+        config = json.loads((root / "config.json").read_text())
+    except (OSError, ValueError):
+        config = None
+    weights = sum(p.stat().st_size for p in root.glob("*") if p.suffix in WEIGHT_SUFFIXES and p.is_file())
+    return {"config": config, "weights_bytes": weights}
+
+
+def plan_fleet(
+    hosts: Mapping[str, Mapping[str, Any]],
+    read_model: Callable[[str], dict[str, Any]] = read_model_facts,
+) -> dict[str, dict[str, Any]]:
+    """The plan of every host at once, each model directory read once for the whole fleet.
+
+    Each host's inputs: `instances`, `gpus` (gpu_facts' vllm_fleet_gpus, or None), `declared_gpus`
+    (used when `gpus` is None), `listeners` (parsed `ss` output, or None), `models` (its
+    model_sync_models), `instance_root`, `shutdown_timeout` and `golden_prompts`.
+    """
+    read: dict[str, dict[str, Any]] = {}
+    plans = {}
+    for host, inputs in hosts.items():
+        models = {}
+        for model in inputs.get("models") or []:
+            if isinstance(model, Mapping) and {"name", "revision", "source"} <= set(model):
+                source = str(model["source"])
+                if source not in read:
+                    read[source] = read_model(source)
+                models[f"{model['name']}@{model['revision']}"] = read[source]
+        gpus = inputs.get("gpus")
+        plan = plan_host(
+            inputs.get("instances"),
+            gpus if gpus is not None else expand_declared_gpus(inputs.get("declared_gpus")),
+            models,
+            inputs.get("listeners"),
+            inputs["instance_root"],
+            inputs["shutdown_timeout"],
+        )
+        golden = prompt_errors(inputs.get("golden_prompts", {}))
+        if golden:
+            plan = {
+                **plan,
+                "host_errors": plan["host_errors"] + golden,
+                "failures": plan["failures"] + golden,
+            }
+            plan["ok"] = False
+        plans[host] = plan
+    return plans
 
 
 def parse_listeners(ss_output: str) -> list[dict[str, Any]]:

@@ -109,7 +109,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     vllm_server_declared_gpus in the inventory, and checks that need the hosts say "not checked".
     """
     result = _run(args, "playbooks/plan.yml", {"vllm_server_plan_offline": args.offline})
-    plans = {h: f["vllm_server_plan"] for h, f in result.progress.facts.items() if "vllm_server_plan" in f}
+    # One task plans the whole fleet (run_once): its fact holds every host's plan.
+    plans = {h: p for f in result.progress.facts.values() for h, p in f.get("vllm_server_plans", {}).items()}
     refused = any(not p["ok"] for p in plans.values())
     code = EXIT_REFUSED if refused else result.exit_code
     if args.json:

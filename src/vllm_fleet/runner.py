@@ -149,6 +149,9 @@ def run_playbook(
     envvars = {
         "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""),
         "ANSIBLE_CONFIG": str(root / "ansible.cfg"),
+        # The runner drops a task result over 700 kB from its event; the plan of a whole fleet
+        # (one run_once task, about 3 kB per host) is read from its event.
+        "MAX_EVENT_RES": str(64 * 1024 * 1024),
     }
     try:
         runner = ansible_runner.run(

@@ -162,3 +162,70 @@ def test_declared_gpus_expand_to_devices():
     assert gpus is not None and gpus["count"] == 2
     assert [d["index"] for d in gpus["devices"]] == [0, 1]
     assert preflight.expand_declared_gpus({}) is None
+
+
+def fleet_inputs(**overrides: Any) -> dict[str, Any]:
+    return {
+        "instances": [BASE],
+        "gpus": None,
+        "declared_gpus": {"count": 8, "name": "GPU", "memory_total_mib": 81559, "compute_capability": "9.0"},
+        "listeners": None,
+        "models": [{"name": "llama-3-8b", "revision": "r1", "source": "/models/llama-3-8b"}],
+        "instance_root": "/inst",
+        "shutdown_timeout": 20,
+        "golden_prompts": {},
+        **overrides,
+    }
+
+
+def test_fleet_plan_reads_each_model_directory_once():
+    reads: list[str] = []
+
+    def read(source: str) -> dict[str, Any]:
+        reads.append(source)
+        return {"config": LLAMA3_8B, "weights_bytes": WEIGHTS}
+
+    plans = preflight.plan_fleet({f"gpu-{n}": fleet_inputs() for n in range(50)}, read)
+    assert reads == ["/models/llama-3-8b"]
+    assert sorted(plans) == sorted(f"gpu-{n}" for n in range(50))
+    assert all(p["ok"] for p in plans.values())
+    # Declared hardware offline: the GPU checks ran; the port check never passes offline.
+    assert statuses(plans["gpu-0"])["gpus_present"] == "pass"
+    assert statuses(plans["gpu-0"])["port_free"] == "not checked"
+
+
+def test_fleet_plan_keeps_each_host_its_own_facts_and_failures():
+    gpus_of_a_small_host = host(count=1)
+    plans = preflight.plan_fleet(
+        {
+            "big": fleet_inputs(),
+            "small": fleet_inputs(
+                gpus=gpus_of_a_small_host, instances=[{**BASE, "gpus": [0, 1], "tensor_parallel_size": 2}]
+            ),
+            "prompted": fleet_inputs(golden_prompts={"chat": {"prompt": "Hi", "match": "fuzzy"}}),
+        },
+        lambda source: {"config": LLAMA3_8B, "weights_bytes": WEIGHTS},
+    )
+    assert plans["big"]["ok"]
+    assert not plans["small"]["ok"]
+    assert plans["small"]["failures"] == ["instance chat: 'gpus' [1] do not exist: the host has GPUs 0..0"]
+    assert not plans["prompted"]["ok"]
+    assert (
+        "vllm_server_golden_prompts['chat'].expect must be a non-empty string"
+        in plans["prompted"]["failures"]
+    )
+    assert (
+        "vllm_server_golden_prompts['chat'].match is 'fuzzy'; allowed: substring, exact"
+        in (plans["prompted"]["host_errors"])
+    )
+
+
+def test_model_facts_of_a_real_directory(tmp_path: Path):
+    (tmp_path / "config.json").write_text('{"num_attention_heads": 4}')
+    (tmp_path / "model.safetensors").write_bytes(b"x" * 1000)
+    (tmp_path / "tokenizer.json").write_text("{}")
+    assert preflight.read_model_facts(str(tmp_path)) == {
+        "config": {"num_attention_heads": 4},
+        "weights_bytes": 1000,
+    }
+    assert preflight.read_model_facts(str(tmp_path / "absent")) == {"config": None, "weights_bytes": 0}

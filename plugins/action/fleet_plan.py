@@ -1,0 +1,62 @@
+"""Action: every host's preflight plan in one run on the controller (docs: modules/fleet_plan.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ansible.errors import AnsibleActionFail
+from ansible.plugins.action import ActionBase
+from ansible_collections.vllm_fleet.serving.plugins.module_utils.preflight import parse_listeners, plan_fleet
+
+# What a host's plan reads from its variables; role defaults are not host variables, so the
+# task passes them (`defaults`) for the hosts whose inventory does not set them.
+HOST_INPUTS = {
+    "instances": "vllm_server_instances",
+    "declared_gpus": "vllm_server_declared_gpus",
+    "models": "model_sync_models",
+    "instance_root": "vllm_server_instance_dir",
+    "shutdown_timeout": "vllm_server_shutdown_timeout",
+    "golden_prompts": "vllm_server_golden_prompts",
+}
+
+
+class ActionModule(ActionBase):
+    """vllm_fleet.serving.fleet_plan"""
+
+    TRANSFERS_FILES = False
+    _requires_connection = False
+    _VALID_ARGS = frozenset(("hosts", "offline", "defaults"))
+
+    def run(self, tmp: Any = None, task_vars: dict[str, Any] | None = None) -> dict[str, Any]:
+        result = super().run(tmp, task_vars)
+        task_vars = task_vars or {}
+        args = self._task.args
+        hosts = args.get("hosts")
+        if not isinstance(hosts, list) or not hosts:
+            raise AnsibleActionFail("fleet_plan needs hosts: a non-empty list of inventory host names")
+        offline = bool(args.get("offline", False))
+        defaults = args.get("defaults") or {}
+        missing = sorted(set(HOST_INPUTS.values()) - set(defaults))
+        if missing:
+            raise AnsibleActionFail(f"fleet_plan needs defaults for {', '.join(missing)}")
+
+        hostvars = task_vars["hostvars"]
+        inputs = {}
+        for host in hosts:
+            # One lookup per host: each hostvars[host] computes that host's variables anew.
+            view = hostvars[host]
+            host_inputs = {
+                key: view[var] if var in view else defaults[var] for key, var in HOST_INPUTS.items()
+            }
+            if offline:
+                host_inputs.update(gpus=None, listeners=None)
+            else:
+                # Read on each host by tasks/facts.yml just before.
+                host_inputs["gpus"] = view["vllm_fleet_gpus"]
+                host_inputs["listeners"] = parse_listeners(view["__vllm_server_listeners"]["stdout"])
+            inputs[host] = host_inputs
+
+        plans = plan_fleet(inputs)
+        refused = [f"{host}: {failure}" for host, plan in plans.items() for failure in plan["failures"]]
+        result.update(changed=False, plans=plans, refused=refused)
+        return result

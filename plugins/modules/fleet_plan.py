@@ -1,0 +1,79 @@
+#!/usr/bin/python
+# Copyright: vllm-fleet maintainers
+# Apache License 2.0 (see galaxy.yml)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: fleet_plan
+short_description: Plan the vLLM instances of every host at once, on the controller
+version_added: "0.1.0"
+description:
+  - The preflight planner of the C(vllm_server) role as one computation for the whole fleet; an
+    action plugin, it runs on the controller and contacts no host. Run it once (C(run_once)).
+  - For each host it reads that host's C(vllm_server_instances), C(model_sync_models),
+    C(vllm_server_golden_prompts), C(vllm_server_declared_gpus), C(vllm_server_instance_dir) and
+    C(vllm_server_shutdown_timeout) (falling back to O(defaults)), and unless O(offline) the
+    C(vllm_fleet_gpus) fact and the listeners that the role's C(facts.yml) read on the host.
+  - Each model directory is read once for the whole fleet (config.json and weight sizes).
+  - The checks are those of C(plugins/module_utils/preflight.py); it changes nothing and never
+    fails for a refused plan: the caller decides (the role asserts that RV(refused) is empty).
+author:
+  - vllm-fleet maintainers
+options:
+  hosts:
+    description: Inventory names of the hosts to plan (the play's hosts).
+    type: list
+    elements: str
+    required: true
+  offline:
+    description: Plan from C(vllm_server_declared_gpus) without host facts.
+    type: bool
+    default: false
+  defaults:
+    description: The role defaults of the variables listed above, for hosts that do not set them.
+    type: dict
+    required: true
+attributes:
+  check_mode:
+    support: full
+    description: It reads and computes only.
+  diff_mode:
+    support: none
+    description: Nothing changes, so there is nothing to show.
+  platform:
+    platforms: posix
+    description: Runs on the controller.
+"""
+
+EXAMPLES = r"""
+- name: Plan the fleet
+  vllm_fleet.serving.fleet_plan:
+    hosts: "{{ ansible_play_hosts }}"
+    offline: true
+    defaults:
+      vllm_server_instances: []
+      vllm_server_declared_gpus: {}
+      model_sync_models: []
+      vllm_server_instance_dir: /var/lib/vllm-fleet/instances
+      vllm_server_shutdown_timeout: 20
+      vllm_server_golden_prompts: {}
+  run_once: true
+  register: plan
+"""
+
+RETURN = r"""
+plans:
+  description: >-
+    By host: C(instances) (each with C(instance), C(command), C(argv) and C(checks), every check a
+    C(check), C(status) of pass, fail or not checked, and C(detail)), C(host_errors), C(failures)
+    and C(ok).
+  returned: always
+  type: dict
+refused:
+  description: Every failed check of every host, each as C(host: failure) (empty when all passed).
+  returned: always
+  type: list
+  elements: str
+"""
