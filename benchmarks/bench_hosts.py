@@ -87,7 +87,7 @@ def run_role(role: str, work: Path, inventory: Path, extra: dict[str, Any]) -> t
 
 
 def _stamp(value: str) -> float:
-    whole, _, fraction = value.rstrip("Z").partition(".")
+    whole, _dot, fraction = value.rstrip("Z").partition(".")
     return time.mktime(time.strptime(whole, "%Y-%m-%dT%H:%M:%S")) + float("0." + (fraction or "0")[:6])
 
 

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Benchmark of the model_sync role against plain rsync, on sandbox hosts of this machine.
 
     .venv/bin/python benchmarks/model_sync.py [--size-gib 2] [--shards 4] [--hosts 1] [--keep]
@@ -115,7 +114,7 @@ def bytes_sent(result: dict[str, Any]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
     parser.add_argument("--size-gib", type=float, default=2.0, help="model size in GiB (default 2)")
     parser.add_argument("--shards", type=int, default=4, help="weight shards (default 4)")
     parser.add_argument("--hosts", type=int, default=1, help="sandbox hosts to sync to at once (default 1)")

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Benchmark of the python_env role: environment creation from one wheelhouse, uv against pip.
 
     .venv/bin/python benchmarks/python_env.py [--hosts 1] [--keep] [--json FILE]
@@ -60,7 +59,7 @@ def changed(result: dict[str, Any]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
     parser.add_argument("--hosts", type=int, default=1, help="sandbox hosts converged at once (default 1)")
     parser.add_argument("--keep", action="store_true", help="keep the hosts (and reuse existing ones)")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures to this file")

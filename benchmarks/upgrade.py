@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Benchmark of a rolling upgrade against bare restarts, under client load, on a real fleet.
 
     molecule create -s fleet && molecule converge -s fleet        # 3 vLLM hosts + a gateway

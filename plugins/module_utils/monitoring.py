@@ -8,6 +8,7 @@ hosts that have it.
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -157,7 +158,7 @@ def _number(value: str) -> float | None:
         number = float(value)
     except (TypeError, ValueError):
         return None
-    return None if number != number else number  # NaN (no requests yet) -> None
+    return None if math.isnan(number) else number  # NaN (no requests yet) -> None
 
 
 def prometheus_figures(results: list[dict[str, Any]], host: str) -> dict[str, dict[str, float | None]]:

@@ -679,7 +679,7 @@ def dkms_built(dkms_status: str, version: str | None, kernel: str) -> bool:
     if not version:
         return False
     for line in dkms_status.splitlines():
-        head, _, status = line.rpartition(":")
+        head, _colon, status = line.rpartition(":")
         if not status.strip().startswith("installed"):
             continue
         fields = [field.strip() for field in head.replace("/", ",").split(",")]

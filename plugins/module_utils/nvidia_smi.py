@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
     # run(argv) -> (rc, stdout, stderr); read_text(path) -> content, or None when unreadable.
     RunCommand = Callable[[list[str]], tuple[int, str, str]]
-    ReadText = Callable[[str], str | None]
+    ReadText = Callable[[str], "str | None"]
 
 # The fields the module asks for, in this order (also the column order of a noheader answer).
 QUERY_FIELDS: tuple[str, ...] = (

@@ -31,7 +31,7 @@ description:
     C(/proc/driver/nvidia/version), else C(/sys/module/nvidia/version).
   - Read-only; never reports a change.
 author:
-  - vllm-fleet maintainers
+  - vllm-fleet maintainers (!UNKNOWN)
 options:
   nvidia_smi:
     description:

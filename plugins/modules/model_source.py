@@ -26,7 +26,7 @@ description:
     changed.
   - In check mode nothing is fetched; entries not fetched yet are returned as C(pending).
 author:
-  - vllm-fleet maintainers
+  - vllm-fleet maintainers (!UNKNOWN)
 options:
   models:
     description:
@@ -75,6 +75,8 @@ options:
     description: Name of the setting the entries come from, used in messages.
     type: str
     default: model_sync_models
+extends_documentation_fragment:
+  - action_common_attributes
 attributes:
   check_mode:
     support: full

@@ -27,7 +27,7 @@ description:
   - C(action=inspect) checks a model directory on the host (an NFS mount) and, with C(hash),
     returns its manifest (cached under C(<store>/.cache) by file stat signature).
 author:
-  - vllm-fleet maintainers
+  - vllm-fleet maintainers (!UNKNOWN)
 options:
   action:
     description: What to do.
@@ -88,6 +88,8 @@ options:
     description: Compute the manifest of C(path) too (inspect).
     type: bool
     default: false
+extends_documentation_fragment:
+  - action_common_attributes
 attributes:
   check_mode:
     support: full

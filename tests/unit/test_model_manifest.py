@@ -438,7 +438,7 @@ def test_stage_copy_publish_then_nothing_to_do(
         == mm.build_manifest(str(source))["digest"]
     )
     assert oct((store / "m" / "r1" / "model.safetensors").stat().st_mode & 0o777) == "0o644"
-    again, _ = sync(monkeypatch, capsys, store, source, "r1")
+    again, _published = sync(monkeypatch, capsys, store, source, "r1")
     assert again["published"] and not again["changed"]
 
 
@@ -496,7 +496,7 @@ def test_free_space_is_checked_before_copying(
     source = make_model(tmp_path / "src")
     store = tmp_path / "store"
     huge = 1 << 60
-    staged, _ = sync(monkeypatch, capsys, store, source, "r1", free_space_margin=huge)
+    staged, _published = sync(monkeypatch, capsys, store, source, "r1", free_space_margin=huge)
     assert staged["failed"]
     assert "not enough free space" in staged["msg"]
     assert "model_sync_store" in staged["msg"] and "model_sync_free_space_margin" in staged["msg"]
@@ -508,10 +508,10 @@ def test_a_revision_never_changes_content(
 ) -> None:
     store = tmp_path / "store"
     sync(monkeypatch, capsys, store, make_model(tmp_path / "a"), "r1")
-    staged, _ = sync(monkeypatch, capsys, store, make_model(tmp_path / "b", weights=b"other"), "r1")
+    staged, _published = sync(monkeypatch, capsys, store, make_model(tmp_path / "b", weights=b"other"), "r1")
     assert staged["failed"] and "Revisions are immutable" in staged["msg"]
     (store / "m" / "r1" / "tokenizer.json").unlink()
-    staged, _ = sync(monkeypatch, capsys, store, tmp_path / "a", "r1")
+    staged, _published = sync(monkeypatch, capsys, store, tmp_path / "a", "r1")
     assert (
         staged["failed"]
         and "altered on the host" in staged["msg"]
@@ -525,11 +525,11 @@ def test_a_matching_directory_without_record_is_adopted(
     source = make_model(tmp_path / "src")
     store = tmp_path / "store"
     shutil.copytree(source, store / "m" / "r1")  # what the role's earlier version left
-    staged, _ = sync(monkeypatch, capsys, store, source, "r1")
+    staged, _published = sync(monkeypatch, capsys, store, source, "r1")
     assert staged["adopted"] and staged["changed"] and mm.read_record(str(store / "m" / "r1"))
     shutil.copytree(source, store / "m" / "r2")
     (store / "m" / "r2" / "config.json").write_text('{"model_type": "other"}')
-    staged, _ = sync(monkeypatch, capsys, store, source, "r2")
+    staged, _published = sync(monkeypatch, capsys, store, source, "r2")
     assert staged["failed"] and "without a model_sync record and differs" in staged["msg"]
 
 
@@ -613,7 +613,7 @@ def test_link_plan_and_revisions_in_use(tmp_path: Path) -> None:
 def test_files_hashed_before_are_not_hashed_again(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     first = make_model(tmp_path / "r1", extra={"shard2.bin": b"2" * 500})
     cache = str(tmp_path / "cache")
-    r1, _ = mm.cached_manifest(str(first), cache)
+    r1, _reused = mm.cached_manifest(str(first), cache)
     second = tmp_path / "r2"
     second.mkdir()
     for path in first.iterdir():
@@ -636,7 +636,7 @@ def test_publishing_hashes_only_what_was_copied(
     hashed: list[str] = []
     real_sha = mm.sha256_file
     monkeypatch.setattr(mm, "sha256_file", lambda p: hashed.append(Path(p).name) or real_sha(p))
-    _, published = sync(
+    _staged, published = sync(
         monkeypatch, capsys, store, make_model(tmp_path / "r2", extra={"shard2.bin": b"X" * 500}), "r2"
     )
     assert published["published"]

@@ -121,7 +121,7 @@ def test_tiny_llama_is_byte_identical(tiny_pair: tuple[Path, Path]) -> None:
 
 
 def test_tiny_llama_shape_and_modes(tiny_pair: tuple[Path, Path]) -> None:
-    one, _ = tiny_pair
+    one, _other = tiny_pair
     config = json.loads((one / "config.json").read_text())
     assert config["architectures"] == ["LlamaForCausalLM"]
     assert config["num_hidden_layers"] == 2
@@ -191,7 +191,7 @@ def test_tiny_llama_wide_is_byte_identical_and_its_own_shape(
 
 
 def test_tiny_llama_is_cached(tiny_pair: tuple[Path, Path]) -> None:
-    one, _ = tiny_pair
+    one, _other = tiny_pair
     before = (one / "model.safetensors").stat().st_mtime_ns
     assert models.build_tiny_llama(one) == one
     assert (one / "model.safetensors").stat().st_mtime_ns == before
@@ -200,7 +200,7 @@ def test_tiny_llama_is_cached(tiny_pair: tuple[Path, Path]) -> None:
 def test_tiny_tokenizer_round_trips_and_chats(tiny_pair: tuple[Path, Path]) -> None:
     from transformers import AutoConfig, AutoTokenizer
 
-    one, _ = tiny_pair
+    one, _other = tiny_pair
     tokenizer = AutoTokenizer.from_pretrained(one)
     config = AutoConfig.from_pretrained(one)
     assert len(tokenizer) == config.vocab_size
@@ -235,7 +235,7 @@ def test_tiny_llama_answers_deterministically(tiny_pair: tuple[Path, Path]) -> N
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    one, _ = tiny_pair
+    one, _other = tiny_pair
     tokenizer = AutoTokenizer.from_pretrained(one)
     model: Any = AutoModelForCausalLM.from_pretrained(one, dtype=torch.bfloat16)
     messages = [{"role": "user", "content": "What is the capital of France?"}]
@@ -243,7 +243,7 @@ def test_tiny_llama_answers_deterministically(tiny_pair: tuple[Path, Path]) -> N
     assert isinstance(prompt, str)
     input_ids = torch.tensor([tokenizer.encode(prompt, add_special_tokens=False)])
     answers = []
-    for _ in range(2):
+    for _attempt in range(2):
         out = model.generate(input_ids, max_new_tokens=16, do_sample=False)
         answers.append(out[0][input_ids.shape[1] :].tolist())
     assert answers[0] == answers[1]

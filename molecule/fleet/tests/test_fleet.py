@@ -108,7 +108,7 @@ def test_the_gateway_asks_for_the_key_on_every_path(prefix: str, path: str) -> N
 @pytest.mark.parametrize("serial", ["3", "two"])
 def test_a_batch_of_every_host_is_refused_before_anything_changes(run_playbook, serial: str) -> None:
     pids = [_main_pid(h) for h in VLLM_HOSTS]
-    rc, output, _ = run_playbook(UPGRADE, target(SECOND), "-e", f"upgrade_serial={serial}")
+    rc, output, _seconds = run_playbook(UPGRADE, target(SECOND), "-e", f"upgrade_serial={serial}")
     assert rc != 0, output[-3000:]
     assert "upgrade_serial must be a whole number of hosts from 1 to 2" in output, output[-3000:]
     assert f"got '{serial}'" in output, output[-3000:]
@@ -142,14 +142,14 @@ def test_rolling_upgrade_under_load_drops_nothing_and_resumes(run_playbook) -> N
 
 def test_a_second_run_has_nothing_to_switch(run_playbook) -> None:
     pids = [_main_pid(h) for h in VLLM_HOSTS]
-    rc, output, _ = run_playbook(UPGRADE, target(SECOND))
+    rc, output, _seconds = run_playbook(UPGRADE, target(SECOND))
     assert rc == 0, output[-6000:]
     assert [_main_pid(h) for h in VLLM_HOSTS] == pids
 
 
 def test_broken_revision_rolls_back_by_itself_and_stops_the_run(run_playbook) -> None:
     untouched = {h: _main_pid(h) for h in VLLM_HOSTS[1:]}
-    (rc, output, _), load = _under_load(lambda: run_playbook(UPGRADE, target(BROKEN), flat=True))
+    (rc, output, _seconds), load = _under_load(lambda: run_playbook(UPGRADE, target(BROKEN), flat=True))
     assert rc != 0, output[-6000:]
     assert f"UPGRADE STOPPED at {VLLM_HOSTS[0]}" in output, output[-6000:]
     assert f"golden prompt of instance {INSTANCE['name']} on {VLLM_HOSTS[0]}: expected" in output
@@ -170,6 +170,6 @@ def test_rollback_in_batches_of_two_takes_the_whole_fleet_back(run_playbook) -> 
     print(f"rollback of {len(VLLM_HOSTS)} hosts: {elapsed:.1f} s")
     # Rolling back again changes nothing.
     pids = [_main_pid(h) for h in VLLM_HOSTS]
-    rc, output, _ = run_playbook(ROLLBACK)
+    rc, output, _seconds = run_playbook(ROLLBACK)
     assert rc == 0, output[-6000:]
     assert [_main_pid(h) for h in VLLM_HOSTS] == pids

@@ -126,7 +126,7 @@ def test_cuda_instance_refused_by_the_preflight(host, run_playbook):
 
 def test_plain_converge_refuses_to_move_the_driver(host, run_playbook):
     before = _selections(host)
-    rc, output, _ = run_playbook(
+    rc, output, _seconds = run_playbook(
         "molecule/gpu_driver/converge.yml", None, "-e", "nvidia_driver_version=535.309.01", flat=True
     )
     assert rc != 0, output[-3000:]
@@ -148,7 +148,7 @@ def test_driver_playbook_leaves_a_host_with_nothing_to_do_alone(host, run_playbo
 def test_driver_playbook_refuses_to_take_a_serving_host_down_undrained(host, run_playbook):
     # The sandbox group_vars give this host a vLLM instance; no gateway role exists to drain it.
     before = _selections(host)
-    rc, output, _ = run_playbook(
+    rc, output, _seconds = run_playbook(
         "playbooks/driver.yml", None, "-e", "nvidia_driver_version=535.309.01", flat=True
     )
     assert rc != 0, output[-3000:]
@@ -158,7 +158,7 @@ def test_driver_playbook_refuses_to_take_a_serving_host_down_undrained(host, run
 
 
 def test_cuda_toolkit_from_debian_in_check_mode(host, run_playbook):
-    rc, output, _ = run_playbook(
+    rc, output, _seconds = run_playbook(
         "molecule/gpu_driver/toolkit.yml",
         None,
         "--check",
@@ -177,7 +177,7 @@ def test_cuda_toolkit_from_debian_in_check_mode(host, run_playbook):
 
 
 def test_cuda_toolkit_refuses_a_version_debian_does_not_package(host, run_playbook):
-    rc, output, _ = run_playbook(
+    rc, output, _seconds = run_playbook(
         "molecule/gpu_driver/toolkit.yml",
         None,
         "-e",
@@ -192,7 +192,7 @@ def test_cuda_toolkit_refuses_a_version_debian_does_not_package(host, run_playbo
 
 def test_cuda_toolkit_profile_script(host, run_playbook):
     # NVIDIA's repository is out of reach here: the settings and the profile script only.
-    rc, output, _ = run_playbook(
+    rc, output, _seconds = run_playbook(
         "molecule/gpu_driver/toolkit.yml",
         None,
         "--tags",

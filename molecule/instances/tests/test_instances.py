@@ -256,7 +256,7 @@ def test_changed_settings_restart_only_that_instance(host, clients, other_pid, a
         for name, spec in SPECS.items()
     ]
     with _keeps_serving(clients[OTHER], SPECS[OTHER]["served_model_name"]) as other_record:
-        rc, output, _ = run_playbook("site.yml", {"vllm_server_instances": specs}, "-v", "--diff")
+        rc, output, _seconds = run_playbook("site.yml", {"vllm_server_instances": specs}, "-v", "--diff")
     assert rc == 0, output[-8000:]
     assert api_key not in output
     after = _main_pid(host, VICTIM)
@@ -285,7 +285,7 @@ def test_stop_lets_in_flight_streams_finish(host, clients, address, other_pid):
     is sent once vLLM's own metrics count every stream as running or waiting (accepted).
     """
     victim = SPECS[VICTIM]["served_model_name"]
-    results: list[dict[str, Any]] = [{"chunks_at": []} for _ in range(STREAMS)]
+    results: list[dict[str, Any]] = [{"chunks_at": []} for _stream in range(STREAMS)]
 
     def stream(i: int) -> None:
         record = results[i]
@@ -365,7 +365,7 @@ def test_stop_lets_in_flight_streams_finish(host, clients, address, other_pid):
 
 
 def test_converge_back_starts_it_with_its_own_settings(host, clients, other_pid, api_key, run_playbook):
-    rc, output, _ = run_playbook("site.yml", None, "-v", "--diff")
+    rc, output, _seconds = run_playbook("site.yml", None, "-v", "--diff")
     assert rc == 0, output[-8000:]
     assert api_key not in output
     pid = _main_pid(host, VICTIM)
@@ -381,7 +381,9 @@ def test_instance_removed_from_the_inventory_is_retired(host, clients, other_pid
     foreign = "/etc/systemd/system/vllm-notours.service"
     host.run(f"printf '[Unit]\\nDescription=not a vllm-fleet instance\\n' > {foreign}")
     with _keeps_serving(clients[OTHER], SPECS[OTHER]["served_model_name"]) as other_record:
-        rc, output, _ = run_playbook("site.yml", {"vllm_server_instances": [SPECS[OTHER]]}, "-v", "--diff")
+        rc, output, _seconds = run_playbook(
+            "site.yml", {"vllm_server_instances": [SPECS[OTHER]]}, "-v", "--diff"
+        )
     assert rc == 0, output[-8000:]
     assert api_key not in output
     assert not host.service(_unit(VICTIM)).is_running

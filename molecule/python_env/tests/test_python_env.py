@@ -258,7 +258,7 @@ def test_bad_input_fails_before_anything_changes(hosts, run_playbook, extra, mes
     # disk-too-small: a new environment must be wanted for the estimate to count.
     if "python_env_free_space_margin" in extra:
         extra = {**extra, "python_env_environments": [{"name": "main"}, {"name": "pip", "installer": "pip"}]}
-    rc, output, _ = run_playbook("site.yml", extra, "--limit", BUILDER)
+    rc, output, _seconds = run_playbook("site.yml", extra, "--limit", BUILDER)
     assert rc != 0, output[-3000:]
     for message in messages:
         assert message in output, output[-5000:]
