@@ -11,13 +11,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from vllm_fleet.paths import cache_dir, project_dir
+from vllm_fleet import wheelhouse
+from vllm_fleet.extras import MissingExtraError
+from vllm_fleet.paths import CollectionNotFoundError, cache_dir, project_dir
 from vllm_fleet.progress import summary_table
 from vllm_fleet.runner import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_REFUSED,
+    EXIT_SETUP,
     EXIT_UNREACHABLE,
     RunOptions,
     RunResult,
@@ -31,6 +34,7 @@ DEMO_QUESTION = "What is the capital of France? Answer in one sentence."
 
 EXIT_CODES_HELP = f"""exit codes:
   {EXIT_OK}    success
+  {EXIT_SETUP}    the command could not start (no collection found, an extra not installed)
   {EXIT_FAILED}    a task failed on some host
   {EXIT_REFUSED}    the preflight refused the input (nothing changed on any host)
   {EXIT_UNREACHABLE}    some host could not be reached
@@ -185,14 +189,23 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    """Build the controller-side artefacts the sandbox needs: models and the wheelhouse."""
-    from vllm_fleet import models, wheelhouse
+    """Build the controller-side artefacts the sandbox needs: models and the wheelhouse.
+
+    The models (tiny random Llamas, SmolLM2 imported from a GGUF file) need the builders extra:
+    pip install 'vllm_fleet[builders]' (torch, transformers, tokenizers, gguf, accelerate).
+    """
+    from vllm_fleet import models
 
     cache = cache_dir()
     for name, path in models.build_all(cache).items():
         print(f"model {name}: {path}")
     print(f"wheelhouse: {wheelhouse.build_wheelhouse(cache / 'wheelhouses')}")
     return EXIT_OK
+
+
+def cmd_wheelhouse(args: argparse.Namespace) -> int:
+    """Build a wheelhouse of a pinned vLLM for hosts (wheelhouse.DESCRIPTION says how)."""
+    return wheelhouse.run(args)
 
 
 def ask(endpoint: str, api_key: str, model: str, question: str) -> str:
@@ -300,6 +313,14 @@ def build_parser() -> argparse.ArgumentParser:
         description=cmd_build.__doc__,
     )
     build.set_defaults(func=cmd_build)
+    wheels = sub.add_parser(
+        "wheelhouse",
+        help="build (or reuse) an offline wheelhouse of a pinned vLLM for python_env_wheelhouse",
+        description=wheelhouse.DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    wheelhouse.add_arguments(wheels)
+    wheels.set_defaults(func=cmd_wheelhouse)
     return parser
 
 
@@ -307,6 +328,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
+    except (CollectionNotFoundError, MissingExtraError) as err:
+        print(f"vllm-fleet: {err}", file=sys.stderr)
+        return EXIT_SETUP
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

