@@ -18,9 +18,9 @@ description:
     C(vllm_fleet_gpus) fact and the listeners that the role's C(facts.yml) read on the host.
   - Each model directory is read once for the whole fleet (config.json and weight sizes).
   - The checks are those of C(plugins/module_utils/preflight.py); it changes nothing and never
-    fails for a refused plan: the caller decides (the role asserts that RV(refused) is empty).
+    fails for a refused plan; the caller decides (the role asserts that RV(refused) is empty).
 author:
-  - vllm-fleet maintainers
+  - vllm-fleet maintainers (!UNKNOWN)
 options:
   hosts:
     description: Inventory names of the hosts to plan (the play's hosts).
@@ -43,6 +43,7 @@ attributes:
     support: none
     description: Nothing changes, so there is nothing to show.
   platform:
+    support: N/A
     platforms: posix
     description: Runs on the controller.
 """
@@ -72,7 +73,8 @@ plans:
   returned: always
   type: dict
 refused:
-  description: Every failed check of every host, each as C(host: failure) (empty when all passed).
+  description: >-
+    Every failed check of every host, each as C(host: failure) (empty when all passed).
   returned: always
   type: list
   elements: str
