@@ -27,7 +27,8 @@ from vllm_fleet.paths import (
 from vllm_fleet.progress import LiveView, LogView, RunProgress
 
 KEEP_RUNS = 20
-# The play of playbooks/plan.yml: a failure there is a refusal of the input, and no host changed.
+# Every play of playbooks/plan.yml is named so: a failure in one is a refusal of the input, and
+# no host changed.
 PREFLIGHT_PLAY = "Preflight and plan"
 
 # Exit codes of the command line.
@@ -66,7 +67,7 @@ class RunResult:
         if self.interrupted:
             return EXIT_INTERRUPTED
         failures = self.progress.failures
-        if any(f.play == PREFLIGHT_PLAY and not f.unreachable for f in failures):
+        if any(f.play.startswith(PREFLIGHT_PLAY) and not f.unreachable for f in failures):
             return EXIT_REFUSED
         if any(f.unreachable for f in failures):
             return EXIT_UNREACHABLE

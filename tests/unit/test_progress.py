@@ -38,7 +38,7 @@ def test_refused_plan_is_a_refusal_with_its_reasons():
     [failure] = progress.failures
     assert failure.play == "Preflight and plan"
     assert "port 22 is in use on the host by ssh.service" in failure.message
-    plan = progress.facts[HOST]["vllm_server_plan"]
+    plan = progress.facts[HOST]["vllm_server_plans"][HOST]
     assert not plan["ok"]
     result = RunResult(status="failed", rc=2, progress=progress, artifacts=Path("x"))
     assert result.exit_code == EXIT_REFUSED
