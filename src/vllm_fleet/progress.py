@@ -168,8 +168,8 @@ class LiveView:
         for play in progress.plays:
             share = play.done_in_task / play.hosts if play.hosts else 0.0
             filled = int(share * self.BAR)
-            bar = "#" * filled + "." * (self.BAR - filled)
-            lines.append(f"{play.name[:40]:<40} [{bar}] task {play.tasks}")
+            meter = "#" * filled + "." * (self.BAR - filled)
+            lines.append(f"{play.name[:40]:<40} [{meter}] task {play.tasks}")
         width = max((len(h) for h in progress.hosts), default=4)
         for host, row in progress.hosts.items():
             counts = f"ok={row.ok} changed={row.changed} failed={row.failed} unreachable={row.unreachable}"
