@@ -11,6 +11,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,7 @@ def test_molecule_scenario(scenario: str) -> None:
         NO_COLOR="1",
         ANSIBLE_NOCOLOR="1",
     )
+    started = time.monotonic()
     proc = subprocess.run(
         ["molecule", "test", "-s", scenario],
         cwd=ROOT,
@@ -53,7 +55,12 @@ def test_molecule_scenario(scenario: str) -> None:
         timeout=2700,
         check=False,
     )
+    seconds = time.monotonic() - started
     output = re.sub(r"\x1b\[[0-9;]*m", "", proc.stdout)
+    # scripts/test ends with a table of these (the CI budget).
+    if os.environ.get("VLLM_FLEET_TIMES"):
+        with open(os.environ["VLLM_FLEET_TIMES"], "a") as times:
+            times.write(f"{scenario}\t{seconds:.0f}\t{'passed' if proc.returncode == 0 else 'FAILED'}\n")
     # The whole output stays (pytest shows a passed test's output nowhere): the scenarios print
     # the times and request counts they measured.
     log = cache_dir() / "molecule" / f"{scenario}.log"
