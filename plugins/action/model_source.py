@@ -13,7 +13,28 @@ from typing import Any
 
 from ansible.errors import AnsibleActionFail
 from ansible.plugins.action import ActionBase
-from ansible_collections.vllm_fleet.serving.plugins.module_utils import model_manifest as mm
+from ansible_collections.vllm_fleet.serving.plugins.module_utils.model_files import (
+    MODEL_DIR_NEEDS,
+    ManifestError,
+    cached_manifest,
+    check_model_dir,
+    read_json,
+    write_json_atomic,
+)
+from ansible_collections.vllm_fleet.serving.plugins.module_utils.model_sources import (
+    HUB_TYPES,
+    current_revisions,
+    entry_key,
+    entry_type,
+    gguf_dir,
+    gguf_import_argv,
+    hub_dir,
+    hub_download_argv,
+    hub_download_env,
+    hub_revision,
+    is_gguf,
+    validate_models,
+)
 
 FETCH_MARKER_SUFFIX = ".fetched.json"
 TAIL = 2000
@@ -79,7 +100,7 @@ class ActionModule(ActionBase):
         args = self._task.args
         models = args.get("models", [])
         setting = str(args.get("setting", "model_sync_models"))
-        errors = mm.validate_models(models, setting)
+        errors = validate_models(models, setting)
         if errors:
             raise AnsibleActionFail("\n".join(errors))
         work_dir = os.path.abspath(os.path.expanduser(str(args.get("work_dir") or "")))
@@ -89,14 +110,14 @@ class ActionModule(ActionBase):
         fetch = bool(args.get("fetch", True)) and not check_mode
         want_manifests = bool(args.get("manifests", True))
         workers = int(args.get("workers", 0) or 0)
-        tokens = {kind: self._token(args, task_vars or {}, kind) for kind in mm.HUB_TYPES}
+        tokens = {kind: self._token(args, task_vars or {}, kind) for kind in HUB_TYPES}
         out = []
         fetched = []
         for index, entry in enumerate(models):
-            where = f"{setting}[{index}] ({mm.entry_key(entry)})"
-            kind = mm.entry_type(entry)
+            where = f"{setting}[{index}] ({entry_key(entry)})"
+            kind = entry_type(entry)
             item: dict[str, Any] = {
-                "key": mm.entry_key(entry),
+                "key": entry_key(entry),
                 "name": entry["name"],
                 "revision": entry["revision"],
                 "type": kind,
@@ -115,11 +136,11 @@ class ActionModule(ActionBase):
                 )
                 continue
             if kind == "directory":
-                problems = mm.check_model_dir(entry["source"])
+                problems = check_model_dir(entry["source"])
             else:
-                local = mm.gguf_dir(work_dir, entry) if kind == "gguf" else mm.hub_dir(work_dir, entry)
+                local = gguf_dir(work_dir, entry) if kind == "gguf" else hub_dir(work_dir, entry)
                 item["path"] = local
-                if kind == "gguf" and not mm.is_gguf(entry["source"]):
+                if kind == "gguf" and not is_gguf(entry["source"]):
                     errors.append(f"{where}: source {entry['source']} is not a GGUF file (no GGUF header)")
                     continue
                 with locked(work_dir, f"fetch:{local}"):
@@ -135,20 +156,20 @@ class ActionModule(ActionBase):
                     item["pending"] = True
                     out.append(item)
                     continue
-                problems = mm.check_model_dir(local)
+                problems = check_model_dir(local)
             if problems:
                 errors.append(
                     f"{where}: {item['path']} is not a vLLM-ready model directory: {'; '.join(problems)}; "
-                    f"{mm.MODEL_DIR_NEEDS}"
+                    f"{MODEL_DIR_NEEDS}"
                 )
                 continue
             if want_manifests:
                 with locked(work_dir, f"manifest:{os.path.realpath(item['path'])}"):
                     try:
-                        item["manifest"], item["computed"] = mm.cached_manifest(
+                        item["manifest"], item["computed"] = cached_manifest(
                             item["path"], os.path.join(work_dir, "manifests"), workers, write=not check_mode
                         )
-                    except (OSError, mm.ManifestError) as err:
+                    except (OSError, ManifestError) as err:
                         errors.append(f"{where}: cannot read {item['path']}: {err}")
                         continue
             out.append(item)
@@ -160,7 +181,7 @@ class ActionModule(ActionBase):
             models=out,
             fetched=fetched,
             pending=pending,
-            current=mm.current_revisions(models),
+            current=current_revisions(models),
         )
         return result
 
@@ -178,37 +199,37 @@ class ActionModule(ActionBase):
         return str(self._templar.template(task_vars[var]) or "")
 
     def _signature(self, entry: Mapping[str, Any]) -> dict[str, Any]:
-        kind = mm.entry_type(entry)
+        kind = entry_type(entry)
         if kind == "gguf":
             st = os.stat(entry["source"])
             return {"type": kind, "source": entry["source"], "stat": [st.st_size, st.st_mtime_ns, st.st_ino]}
         return {
             "type": kind,
             "source": entry["source"],
-            "revision": mm.hub_revision(entry),
+            "revision": hub_revision(entry),
             "include": list(entry.get("include") or []),
         }
 
     def _fetched(self, entry: Mapping[str, Any], local: str) -> bool:
-        marker = mm.read_json(local + FETCH_MARKER_SUFFIX)
+        marker = read_json(local + FETCH_MARKER_SUFFIX)
         return bool(marker) and marker.get("signature") == self._signature(entry) and os.path.isdir(local)
 
     def _fetch(
         self, entry: Mapping[str, Any], local: str, work_dir: str, args: Mapping[str, Any], token: str
     ) -> str | None:
-        kind = mm.entry_type(entry)
+        kind = entry_type(entry)
         os.makedirs(os.path.dirname(local), mode=0o755, exist_ok=True)
         if kind == "gguf":
             python = str(args.get("gguf_python") or "python3")
-            argv = mm.gguf_import_argv(python, entry["source"], local)
+            argv = gguf_import_argv(python, entry["source"], local)
             env = dict(os.environ)
             what = f"importing {entry['source']} with {python} -m vllm_fleet.gguf_import failed"
         else:
             python = str(args.get("hub_python") or "python3")
-            argv = mm.hub_download_argv(entry, local, python)
-            env = mm.hub_download_env(kind, os.environ)
+            argv = hub_download_argv(entry, local, python)
+            env = hub_download_env(kind, os.environ)
             what = (
-                f"downloading {kind} {entry['source']} at {mm.hub_revision(entry)} with {python} failed "
+                f"downloading {kind} {entry['source']} at {hub_revision(entry)} with {python} failed "
                 f"(is {'huggingface_hub' if kind == 'huggingface' else 'modelscope'} installed for it? "
                 "is the hub reachable? is the token right?)"
             )
@@ -216,5 +237,5 @@ class ActionModule(ActionBase):
         if failure:
             return f"{what}: {failure}"
         marker = {"signature": self._signature(entry), "fetched_at": time.time()}
-        mm.write_json_atomic(local + FETCH_MARKER_SUFFIX, marker, 0o644)
+        write_json_atomic(local + FETCH_MARKER_SUFFIX, marker, 0o644)
         return None

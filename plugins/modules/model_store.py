@@ -146,7 +146,32 @@ import time  # noqa: E402
 from typing import Any  # noqa: E402
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
-from ansible_collections.vllm_fleet.serving.plugins.module_utils import model_manifest as mm  # noqa: E402
+from ansible_collections.vllm_fleet.serving.plugins.module_utils.model_files import (  # noqa: E402
+    ManifestError,
+    cached_manifest,
+    check_manifest_shape,
+    check_model_dir,
+    verify_tree,
+    write_json_atomic,
+)
+from ansible_collections.vllm_fleet.serving.plugins.module_utils.model_sources import (  # noqa: E402
+    NAME_PATTERN,
+)
+from ansible_collections.vllm_fleet.serving.plugins.module_utils.revision_store import (  # noqa: E402
+    CURRENT_LINK,
+    RECORD_NAME,
+    STAGING_PREFIX,
+    TRASH_PREFIX,
+    free_bytes,
+    link_plan,
+    prune_plan,
+    published_revisions,
+    quick_check,
+    read_record,
+    remove_tree,
+    revisions_in_use,
+    verified_links,
+)
 
 MAX_LISTED = 10
 
@@ -177,17 +202,17 @@ def stage(module: AnsibleModule, p: dict[str, Any]) -> dict[str, Any]:
     manifest = p["manifest"]
     model_dir = os.path.join(p["store"], p["name"])
     revision_dir = os.path.join(model_dir, p["revision"])
-    staging = os.path.join(model_dir, mm.STAGING_PREFIX + p["revision"])
+    staging = os.path.join(model_dir, STAGING_PREFIX + p["revision"])
     where = f"{p['name']}@{p['revision']} in {model_dir}"
     result: dict[str, Any] = {"changed": False, "staging": staging, "revision_dir": revision_dir}
 
     if os.path.islink(revision_dir) or (os.path.exists(revision_dir) and not os.path.isdir(revision_dir)):
         module.fail_json(msg=f"{where}: {revision_dir} is not a directory; remove it", **result)
     if os.path.isdir(revision_dir):
-        record = mm.read_record(revision_dir)
+        record = read_record(revision_dir)
         if record is None:
             # A directory from before records (or made by hand): adopt it only if it matches.
-            check = mm.verify_tree(revision_dir, manifest, p["workers"])
+            check = verify_tree(revision_dir, manifest, p["workers"])
             if any(check.values()):
                 module.fail_json(
                     msg=(
@@ -210,10 +235,10 @@ def stage(module: AnsibleModule, p: dict[str, Any]) -> dict[str, Any]:
                 **result,
             )
         if p["reverify"]:
-            check = mm.verify_tree(revision_dir, manifest, p["workers"])
+            check = verify_tree(revision_dir, manifest, p["workers"])
             problems = _problems(check) if any(check.values()) else ""
         else:
-            problems = _shorten(mm.quick_check(revision_dir, manifest))
+            problems = _shorten(quick_check(revision_dir, manifest))
         if problems:
             module.fail_json(
                 msg=(
@@ -224,10 +249,10 @@ def stage(module: AnsibleModule, p: dict[str, Any]) -> dict[str, Any]:
             )
         return dict(result, published=True, linked=[], needed_bytes=0)
 
-    published = mm.published_revisions(model_dir)
-    plan = mm.link_plan(manifest, staging, published, model_dir)
+    published = published_revisions(model_dir)
+    plan = link_plan(manifest, staging, published, model_dir)
     to_link = sum(next(f["size"] for f in manifest["files"] if f["path"] == rel) for rel in plan["links"])
-    free = mm.free_bytes(model_dir)
+    free = free_bytes(model_dir)
     margin = p["free_space_margin"]
     result.update(needed_bytes=plan["needed_bytes"], free_bytes=free, total_bytes=manifest["total_bytes"])
     if plan["needed_bytes"] + margin > free:
@@ -286,7 +311,7 @@ def _write_record(directory: str, p: dict[str, Any], manifest: dict[str, Any]) -
         "manifest": manifest,
         "published_at": time.time(),
     }
-    mm.write_json_atomic(os.path.join(directory, mm.RECORD_NAME), record, 0o644)
+    write_json_atomic(os.path.join(directory, RECORD_NAME), record, 0o644)
 
 
 def _fix_modes(root: str) -> None:
@@ -308,7 +333,7 @@ def _remove_leftovers(staging: str, manifest: dict[str, Any]) -> list[str]:
         rel_dir = os.path.relpath(current, staging)
         for name in list(dirs):
             if name.startswith("."):
-                mm.remove_tree(os.path.join(current, name))
+                remove_tree(os.path.join(current, name))
                 dirs.remove(name)
                 removed.append(os.path.normpath(os.path.join(rel_dir, name)))
         for name in files:
@@ -323,11 +348,11 @@ def publish(module: AnsibleModule, p: dict[str, Any]) -> dict[str, Any]:
     manifest = p["manifest"]
     model_dir = os.path.join(p["store"], p["name"])
     revision_dir = os.path.join(model_dir, p["revision"])
-    staging = os.path.join(model_dir, mm.STAGING_PREFIX + p["revision"])
+    staging = os.path.join(model_dir, STAGING_PREFIX + p["revision"])
     where = f"{p['name']}@{p['revision']} on this host"
     result: dict[str, Any] = {"changed": False, "revision_dir": revision_dir}
     if os.path.isdir(revision_dir) and not os.path.islink(revision_dir):
-        record = mm.read_record(revision_dir)
+        record = read_record(revision_dir)
         if record is None or record["manifest"].get("digest") != manifest["digest"]:
             module.fail_json(
                 msg=f"{where}: {revision_dir} exists and is not this revision's content", **result
@@ -347,8 +372,8 @@ def publish(module: AnsibleModule, p: dict[str, Any]) -> dict[str, Any]:
         module.fail_json(msg=f"{where}: no staging directory {staging}; nothing was copied", **result)
     _remove_leftovers(staging, manifest)
     # Hard links of files verified when their revision was published need no second hashing.
-    trusted = mm.verified_links(manifest, staging, mm.published_revisions(model_dir), model_dir)
-    check = mm.verify_tree(staging, manifest, p["workers"], trusted)
+    trusted = verified_links(manifest, staging, published_revisions(model_dir), model_dir)
+    check = verify_tree(staging, manifest, p["workers"], trusted)
     if any(check.values()):
         # What failed is removed, so the next run copies it again instead of trusting it.
         for rel in check["size"] + check["sha256"]:
@@ -383,7 +408,7 @@ def publish(module: AnsibleModule, p: dict[str, Any]) -> dict[str, Any]:
 def switch_current(module: AnsibleModule, p: dict[str, Any]) -> dict[str, Any]:
     """Point <model>/current at the revision ``current``: a new link renamed over the old one."""
     model_dir = os.path.join(p["store"], p["name"])
-    link = os.path.join(model_dir, mm.CURRENT_LINK)
+    link = os.path.join(model_dir, CURRENT_LINK)
     target = p["current"]
     old = os.readlink(link) if os.path.islink(link) else None
     if old == target:
@@ -391,7 +416,7 @@ def switch_current(module: AnsibleModule, p: dict[str, Any]) -> dict[str, Any]:
     if os.path.lexists(link) and old is None:
         module.fail_json(msg=f"{link} exists and is not a symbolic link; move it away")
     if not module.check_mode:
-        if mm.read_record(os.path.join(model_dir, target)) is None:
+        if read_record(os.path.join(model_dir, target)) is None:
             module.fail_json(
                 msg=f"{p['name']}@{target} is not published in {model_dir}; not switching current"
             )
@@ -407,16 +432,16 @@ def prune(module: AnsibleModule, p: dict[str, Any]) -> dict[str, Any]:
     """Switch the current link (when ``current`` is given), then remove what is no longer kept."""
     switched = switch_current(module, p) if p["current"] else {"changed": False}
     model_dir = os.path.join(p["store"], p["name"])
-    published = mm.published_revisions(model_dir)
+    published = published_revisions(model_dir)
     protected = set(p["requested"]) | set(p["protected"])
-    current = os.path.join(model_dir, mm.CURRENT_LINK)
+    current = os.path.join(model_dir, CURRENT_LINK)
     if p["current"]:
         protected.add(p["current"])
     if os.path.islink(current):
         protected.add(os.path.basename(os.path.normpath(os.readlink(current))))
     if p["instance_dir"]:
-        protected |= set(mm.revisions_in_use(p["instance_dir"], model_dir))
-    plan = mm.prune_plan(published, p["keep"], protected)
+        protected |= set(revisions_in_use(p["instance_dir"], model_dir))
+    plan = prune_plan(published, p["keep"], protected)
     doomed = [os.path.join(model_dir, r) for r in plan["remove"]]
     try:
         entries = sorted(os.listdir(model_dir))
@@ -424,18 +449,16 @@ def prune(module: AnsibleModule, p: dict[str, Any]) -> dict[str, Any]:
         entries = []
     for name in entries:
         path = os.path.join(model_dir, name)
-        stale_staging = (
-            name.startswith(mm.STAGING_PREFIX) and name[len(mm.STAGING_PREFIX) :] not in p["requested"]
-        )
+        stale_staging = name.startswith(STAGING_PREFIX) and name[len(STAGING_PREFIX) :] not in p["requested"]
         if (
-            (stale_staging or name.startswith(mm.TRASH_PREFIX))
+            (stale_staging or name.startswith(TRASH_PREFIX))
             and os.path.isdir(path)
             and not os.path.islink(path)
         ):
             doomed.append(path)
     if not module.check_mode:
         for path in doomed:
-            mm.remove_tree(path)
+            remove_tree(path)
     before = switched.get("diff", {}).get("before", "") + "".join(f"{d}\n" for d in doomed)
     return {
         "changed": switched["changed"] or bool(doomed),
@@ -448,11 +471,11 @@ def prune(module: AnsibleModule, p: dict[str, Any]) -> dict[str, Any]:
 
 def inspect(module: AnsibleModule, p: dict[str, Any]) -> dict[str, Any]:
     path = p["path"]
-    problems = mm.check_model_dir(path)
+    problems = check_model_dir(path)
     result: dict[str, Any] = {"changed": False, "problems": problems}
     if p["hash"] and not problems:
         cache = os.path.join(p["store"], ".cache", "manifests")
-        manifest, computed = mm.cached_manifest(path, cache, p["workers"], write=not module.check_mode)
+        manifest, computed = cached_manifest(path, cache, p["workers"], write=not module.check_mode)
         result.update(manifest=manifest, computed=computed)
         if p["name"] and p["revision"]:
             result["model"] = {
@@ -496,16 +519,16 @@ def main() -> None:
     )
     p = module.params
     for field in ("name", "revision", "current"):
-        if p[field] is not None and not mm.NAME_PATTERN.match(p[field]):
+        if p[field] is not None and not NAME_PATTERN.match(p[field]):
             module.fail_json(msg=f"{field} {p[field]!r} is not a valid store name")
     if p["manifest"] is not None:
-        problems = mm.check_manifest_shape(p["manifest"])
+        problems = check_manifest_shape(p["manifest"])
         if problems:
             module.fail_json(msg="model_store: bad manifest: " + "; ".join(problems[:MAX_LISTED]))
     actions = {"stage": stage, "publish": publish, "prune": prune, "inspect": inspect}
     try:
         result = actions[p["action"]](module, p)
-    except (OSError, mm.ManifestError) as err:
+    except (OSError, ManifestError) as err:
         module.fail_json(msg=f"model_store {p['action']}: {err}")
     module.exit_json(**result)
 

@@ -13,7 +13,9 @@ from typing import Any
 import pytest
 from ansible.module_utils.testing import patch_module_args
 from ansible_collections.vllm_fleet.serving.plugins.action import model_source
-from ansible_collections.vllm_fleet.serving.plugins.module_utils import model_manifest as mm
+from ansible_collections.vllm_fleet.serving.plugins.module_utils import model_files as files
+from ansible_collections.vllm_fleet.serving.plugins.module_utils import model_sources as sources
+from ansible_collections.vllm_fleet.serving.plugins.module_utils import revision_store as revisions
 from ansible_collections.vllm_fleet.serving.plugins.modules import model_store
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -39,7 +41,7 @@ def make_model(root: Path, weights: bytes = b"w" * 1000, extra: dict[str, bytes]
 def test_manifest_lists_every_file_with_size_and_sha256(tmp_path: Path) -> None:
     root = make_model(tmp_path / "m", extra={"sub/extra.bin": b"abc", ".cache/huggingface/x": b"hidden"})
     (root / ".gitattributes").write_text("hidden")
-    manifest = mm.build_manifest(str(root))
+    manifest = files.build_manifest(str(root))
     paths = [f["path"] for f in manifest["files"]]
     assert paths == ["config.json", "model.safetensors", "sub/extra.bin", "tokenizer.json"]
     extra = next(f for f in manifest["files"] if f["path"] == "sub/extra.bin")
@@ -49,16 +51,16 @@ def test_manifest_lists_every_file_with_size_and_sha256(tmp_path: Path) -> None:
         "sha256": "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad",
     }
     assert manifest["total_bytes"] == sum(f["size"] for f in manifest["files"])
-    assert manifest["digest"] == mm.manifest_digest(manifest["files"])
-    assert mm.check_manifest_shape(manifest) == []
+    assert manifest["digest"] == files.manifest_digest(manifest["files"])
+    assert files.check_manifest_shape(manifest) == []
 
 
 def test_manifest_digest_follows_content_not_order(tmp_path: Path) -> None:
-    a = mm.build_manifest(str(make_model(tmp_path / "a")))
-    b = mm.build_manifest(str(make_model(tmp_path / "b")))
-    c = mm.build_manifest(str(make_model(tmp_path / "c", weights=b"x" * 1000)))
+    a = files.build_manifest(str(make_model(tmp_path / "a")))
+    b = files.build_manifest(str(make_model(tmp_path / "b")))
+    c = files.build_manifest(str(make_model(tmp_path / "c", weights=b"x" * 1000)))
     assert a["digest"] == b["digest"] != c["digest"]
-    assert mm.manifest_digest(list(reversed(a["files"]))) == a["digest"]
+    assert files.manifest_digest(list(reversed(a["files"]))) == a["digest"]
 
 
 def test_symlinks_are_followed_and_broken_ones_refused(tmp_path: Path) -> None:
@@ -67,44 +69,44 @@ def test_symlinks_are_followed_and_broken_ones_refused(tmp_path: Path) -> None:
     root = make_model(tmp_path / "m")
     (root / "model.safetensors").unlink()
     (root / "model.safetensors").symlink_to(blob)
-    assert mm.build_manifest(str(root)) == mm.build_manifest(str(make_model(tmp_path / "plain")))
+    assert files.build_manifest(str(root)) == files.build_manifest(str(make_model(tmp_path / "plain")))
     (root / "gone.bin").symlink_to(tmp_path / "nowhere")
-    with pytest.raises(mm.ManifestError, match=r"gone\.bin"):
-        mm.build_manifest(str(root))
+    with pytest.raises(files.ManifestError, match=r"gone\.bin"):
+        files.build_manifest(str(root))
 
 
 def test_cached_manifest_is_reused_until_a_file_changes(tmp_path: Path) -> None:
     root = make_model(tmp_path / "m")
     cache = str(tmp_path / "cache")
-    first, computed = mm.cached_manifest(str(root), cache)
+    first, computed = files.cached_manifest(str(root), cache)
     assert computed
-    again, computed = mm.cached_manifest(str(root), cache)
+    again, computed = files.cached_manifest(str(root), cache)
     assert (again, computed) == (first, False)
     (root / "model.safetensors").write_bytes(b"v" * 1000)  # same size, new content
-    changed, computed = mm.cached_manifest(str(root), cache)
+    changed, computed = files.cached_manifest(str(root), cache)
     assert computed and changed["digest"] != first["digest"]
     (root / "new.bin").write_bytes(b"n")
-    assert mm.cached_manifest(str(root), cache)[1]
+    assert files.cached_manifest(str(root), cache)[1]
 
 
 def test_cached_manifest_writes_nothing_when_asked(tmp_path: Path) -> None:
     root = make_model(tmp_path / "m")
-    mm.cached_manifest(str(root), str(tmp_path / "cache"), write=False)
+    files.cached_manifest(str(root), str(tmp_path / "cache"), write=False)
     assert not (tmp_path / "cache").exists()
 
 
 def test_verify_tree_reports_every_kind_of_difference(tmp_path: Path) -> None:
     source = make_model(tmp_path / "src", extra={"a.bin": b"aaaa", "b.bin": b"bbbb"})
-    manifest = mm.build_manifest(str(source))
+    manifest = files.build_manifest(str(source))
     copy = tmp_path / "copy"
     shutil.copytree(source, copy)
-    assert mm.verify_tree(str(copy), manifest) == {"missing": [], "size": [], "sha256": [], "extra": []}
+    assert files.verify_tree(str(copy), manifest) == {"missing": [], "size": [], "sha256": [], "extra": []}
     (copy / "a.bin").write_bytes(b"aaaX")
     (copy / "b.bin").write_bytes(b"bb")
     (copy / "tokenizer.json").unlink()
     (copy / "stray.txt").write_text("?")
     (copy / ".rsync-tmp").write_text("hidden entries do not count")
-    assert mm.verify_tree(str(copy), manifest) == {
+    assert files.verify_tree(str(copy), manifest) == {
         "missing": ["tokenizer.json"],
         "size": ["b.bin"],
         "sha256": ["a.bin"],
@@ -124,14 +126,14 @@ def test_verify_tree_reports_every_kind_of_difference(tmp_path: Path) -> None:
     ],
 )
 def test_manifest_shape_is_checked_on_the_host(manifest: dict[str, Any], problem: str) -> None:
-    assert problem in " ".join(mm.check_manifest_shape(manifest))
+    assert problem in " ".join(files.check_manifest_shape(manifest))
 
 
 # --- model directories --------------------------------------------------------------------------
 
 
 def test_a_complete_model_directory_passes(tmp_path: Path) -> None:
-    assert mm.check_model_dir(str(make_model(tmp_path / "m"))) == []
+    assert files.check_model_dir(str(make_model(tmp_path / "m"))) == []
 
 
 def test_the_built_tiny_model_passes() -> None:
@@ -140,7 +142,7 @@ def test_the_built_tiny_model_passes() -> None:
     tiny = cache_dir() / "models" / "tiny-llama"
     if not tiny.is_dir():
         pytest.skip("the tiny model is not built (vllm-fleet build)")
-    assert mm.check_model_dir(str(tiny)) == []
+    assert files.check_model_dir(str(tiny)) == []
 
 
 @pytest.mark.parametrize(
@@ -163,11 +165,11 @@ def test_the_built_tiny_model_passes() -> None:
 def test_incomplete_model_directories_are_named(tmp_path: Path, damage: Any, problem: str) -> None:
     root = make_model(tmp_path / "m")
     damage(root)
-    assert any(problem in p for p in mm.check_model_dir(str(root))), mm.check_model_dir(str(root))
+    assert any(problem in p for p in files.check_model_dir(str(root))), files.check_model_dir(str(root))
 
 
 def test_a_missing_directory_is_not_a_model(tmp_path: Path) -> None:
-    assert mm.check_model_dir(str(tmp_path / "nope")) == [f"{tmp_path / 'nope'} is not a directory"]
+    assert files.check_model_dir(str(tmp_path / "nope")) == [f"{tmp_path / 'nope'} is not a directory"]
 
 
 # --- entries ------------------------------------------------------------------------------------
@@ -201,7 +203,7 @@ GOOD = [
 
 
 def test_good_entries_pass() -> None:
-    assert mm.validate_models(GOOD) == []
+    assert sources.validate_models(GOOD) == []
 
 
 @pytest.mark.parametrize(
@@ -236,7 +238,7 @@ def test_good_entries_pass() -> None:
     ],
 )
 def test_bad_entries_name_the_setting_and_what_is_allowed(entry: dict[str, Any], message: str) -> None:
-    errors = mm.validate_models([entry])
+    errors = sources.validate_models([entry])
     assert errors and errors[0].startswith("model_sync_models[0]")
     assert message in " ".join(errors), errors
 
@@ -246,13 +248,13 @@ def test_conflicting_entries_are_refused() -> None:
         {"name": "a", "revision": "r", "source": "/x"},
         {"name": "a", "revision": "r", "source": "/y"},
     ]
-    assert "listed twice with different sources" in " ".join(mm.validate_models(twice))
+    assert "listed twice with different sources" in " ".join(sources.validate_models(twice))
     marks = [
         {"name": "a", "revision": "r1", "source": "/x", "current": True},
         {"name": "a", "revision": "r2", "source": "/y", "current": True},
     ]
-    assert "model a has 2 entries with current: true" in " ".join(mm.validate_models(marks))
-    assert mm.validate_models("nope")[0].startswith("model_sync_models must be a list")
+    assert "model a has 2 entries with current: true" in " ".join(sources.validate_models(marks))
+    assert sources.validate_models("nope")[0].startswith("model_sync_models must be a list")
 
 
 def test_current_is_the_marked_revision_else_the_last_listed() -> None:
@@ -262,7 +264,7 @@ def test_current_is_the_marked_revision_else_the_last_listed() -> None:
         {"name": "b", "revision": "r1", "current": True},
         {"name": "b", "revision": "r2"},
     ]
-    assert mm.current_revisions(models) == {"a": "r2", "b": "r1"}
+    assert sources.current_revisions(models) == {"a": "r2", "b": "r1"}
 
 
 # --- hub downloads and GGUF imports ---------------------------------------------------------------
@@ -270,18 +272,18 @@ def test_current_is_the_marked_revision_else_the_last_listed() -> None:
 
 def test_hub_commands_pin_the_revision_and_keep_the_token_off_the_command_line() -> None:
     hf = {"name": "q", "revision": "r1", "type": "huggingface", "source": "Qwen/Q", "hub_revision": COMMIT}
-    argv = mm.hub_download_argv(dict(hf, include=["*.json", "*.safetensors"]), "/dl", "/venv/bin/python")
+    argv = sources.hub_download_argv(dict(hf, include=["*.json", "*.safetensors"]), "/dl", "/venv/bin/python")
     assert argv[:2] == ["/venv/bin/python", "-c"]
     assert "snapshot_download" in argv[2] and "sys.stdin.read()" in argv[2]
     assert argv[3:] == ["Qwen/Q", COMMIT, "/dl", "*.json", "*.safetensors"]
     ms = {"name": "q", "revision": "v1", "type": "modelscope", "source": "Qwen/Q"}
-    argv = mm.hub_download_argv(ms, "/dl", "python3")
+    argv = sources.hub_download_argv(ms, "/dl", "python3")
     assert "modelscope" in argv[2] and "HubApi().login(token)" in argv[2]
     assert argv[3:] == ["Qwen/Q", "v1", "/dl"]
-    env = mm.hub_download_env("huggingface", {"HF_TOKEN": "t", "HF_HUB_OFFLINE": "1", "PATH": "/bin"})
+    env = sources.hub_download_env("huggingface", {"HF_TOKEN": "t", "HF_HUB_OFFLINE": "1", "PATH": "/bin"})
     assert env == {"PATH": "/bin", "HF_HUB_DISABLE_TELEMETRY": "1", "DO_NOT_TRACK": "1"}
-    assert mm.hub_dir("/w", hf) == f"/w/hub/huggingface/Qwen--Q/{COMMIT}"
-    assert mm.gguf_import_argv("py", "/f.gguf", "/d") == [
+    assert sources.hub_dir("/w", hf) == f"/w/hub/huggingface/Qwen--Q/{COMMIT}"
+    assert sources.gguf_import_argv("py", "/f.gguf", "/d") == [
         "py",
         "-m",
         "vllm_fleet.gguf_import",
@@ -329,7 +331,9 @@ def test_hub_downloads_call_the_libraries_with_pinned_revision_and_token(tmp_pat
     record = tmp_path / "record.json"
     env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(tmp_path / "stubs"), "STUB_RECORD": str(record)}
     hf = {"name": "q", "revision": COMMIT, "type": "huggingface", "source": "Org/M", "include": ["*.json"]}
-    assert model_source.run_fetch(mm.hub_download_argv(hf, "/dl", sys.executable), env, "hf_secret") is None
+    assert (
+        model_source.run_fetch(sources.hub_download_argv(hf, "/dl", sys.executable), env, "hf_secret") is None
+    )
     assert json.loads(record.read_text()) == {
         "repo_id": "Org/M",
         "revision": COMMIT,
@@ -337,10 +341,12 @@ def test_hub_downloads_call_the_libraries_with_pinned_revision_and_token(tmp_pat
         "token": "hf_secret",
         "allow_patterns": ["*.json"],
     }
-    assert model_source.run_fetch(mm.hub_download_argv(hf, "/dl", sys.executable), env, "") is None
+    assert model_source.run_fetch(sources.hub_download_argv(hf, "/dl", sys.executable), env, "") is None
     assert json.loads(record.read_text())["token"] is None
     ms = {"name": "q", "revision": "v2", "type": "modelscope", "source": "Org/M"}
-    assert model_source.run_fetch(mm.hub_download_argv(ms, "/dl", sys.executable), env, "ms_secret") is None
+    assert (
+        model_source.run_fetch(sources.hub_download_argv(ms, "/dl", sys.executable), env, "ms_secret") is None
+    )
     assert json.loads(record.read_text()) == {
         "model_id": "Org/M",
         "revision": "v2",
@@ -377,8 +383,8 @@ def test_gguf_import_command_calls_import_gguf(monkeypatch: pytest.MonkeyPatch, 
 def test_gguf_files_are_told_by_their_header(tmp_path: Path) -> None:
     (tmp_path / "a.gguf").write_bytes(b"GGUF\x03\x00\x00\x00")
     (tmp_path / "b.gguf").write_bytes(b"<html>")
-    assert mm.is_gguf(str(tmp_path / "a.gguf")) and not mm.is_gguf(str(tmp_path / "b.gguf"))
-    assert not mm.is_gguf(str(tmp_path / "none.gguf"))
+    assert sources.is_gguf(str(tmp_path / "a.gguf")) and not sources.is_gguf(str(tmp_path / "b.gguf"))
+    assert not sources.is_gguf(str(tmp_path / "none.gguf"))
 
 
 # --- the host's store (the model_store module) -----------------------------------------------------
@@ -411,7 +417,7 @@ def sync(
     revision: str,
     **extra: Any,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    manifest = mm.build_manifest(str(source))
+    manifest = files.build_manifest(str(source))
     base = {"store": str(store), "name": "m", "revision": revision, "manifest": manifest}
     staged = store_call(monkeypatch, capsys, dict(base, action="stage", **extra))
     if staged.get("failed") or staged["published"]:
@@ -429,13 +435,13 @@ def test_stage_copy_publish_then_nothing_to_do(
     assert (
         staged["changed"]
         and not staged["published"]
-        and staged["needed_bytes"] == mm.build_manifest(str(source))["total_bytes"]
+        and staged["needed_bytes"] == files.build_manifest(str(source))["total_bytes"]
     )
     assert published["changed"] and published["published"]
     assert not (store / "m" / ".partial-r1").exists()
     assert (
-        mm.read_record(str(store / "m" / "r1"))["manifest"]["digest"]
-        == mm.build_manifest(str(source))["digest"]
+        revisions.read_record(str(store / "m" / "r1"))["manifest"]["digest"]
+        == files.build_manifest(str(source))["digest"]
     )
     assert oct((store / "m" / "r1" / "model.safetensors").stat().st_mode & 0o777) == "0o644"
     again, _published = sync(monkeypatch, capsys, store, source, "r1")
@@ -462,7 +468,7 @@ def test_a_corrupt_copy_is_never_published(
 ) -> None:
     source = make_model(tmp_path / "src", extra={"extra.bin": b"e" * 100})
     store = tmp_path / "store"
-    manifest = mm.build_manifest(str(source))
+    manifest = files.build_manifest(str(source))
     base = {"store": str(store), "name": "m", "revision": "r1", "manifest": manifest}
     staged = store_call(monkeypatch, capsys, dict(base, action="stage"))
     copy_staging(source, staged["staging"], [])
@@ -483,7 +489,7 @@ def test_check_mode_changes_nothing(
 ) -> None:
     source = make_model(tmp_path / "src")
     store = tmp_path / "store"
-    base = {"store": str(store), "name": "m", "revision": "r1", "manifest": mm.build_manifest(str(source))}
+    base = {"store": str(store), "name": "m", "revision": "r1", "manifest": files.build_manifest(str(source))}
     for action in ("stage", "publish", "prune"):
         result = store_call(monkeypatch, capsys, dict(base, action=action, _ansible_check_mode=True))
         assert not result.get("failed"), result
@@ -526,7 +532,7 @@ def test_a_matching_directory_without_record_is_adopted(
     store = tmp_path / "store"
     shutil.copytree(source, store / "m" / "r1")  # what the role's earlier version left
     staged, _published = sync(monkeypatch, capsys, store, source, "r1")
-    assert staged["adopted"] and staged["changed"] and mm.read_record(str(store / "m" / "r1"))
+    assert staged["adopted"] and staged["changed"] and revisions.read_record(str(store / "m" / "r1"))
     shutil.copytree(source, store / "m" / "r2")
     (store / "m" / "r2" / "config.json").write_text('{"model_type": "other"}')
     staged, _published = sync(monkeypatch, capsys, store, source, "r2")
@@ -545,9 +551,11 @@ def test_prune_keeps_requested_current_used_and_the_newest_others(
             make_model(tmp_path / revision, weights=revision.encode() * 10),
             revision,
         )
-        record = mm.read_record(str(store / "m" / revision))
+        record = revisions.read_record(str(store / "m" / revision))
         assert record is not None
-        mm.write_json_atomic(str(store / "m" / revision / mm.RECORD_NAME), dict(record, published_at=index))
+        files.write_json_atomic(
+            str(store / "m" / revision / revisions.RECORD_NAME), dict(record, published_at=index)
+        )
     (store / "m" / "current").symlink_to("r2")
     instances = tmp_path / "instances"
     (instances / "chat").mkdir(parents=True)
@@ -585,7 +593,7 @@ def test_inspect_checks_and_hashes_a_host_directory(
     checked = store_call(monkeypatch, capsys, args)
     assert (checked["changed"], checked["problems"], "manifest" in checked) == (False, [], False)
     result = store_call(monkeypatch, capsys, dict(args, hash=True))
-    assert result["model"]["manifest"] == mm.build_manifest(str(source))
+    assert result["model"]["manifest"] == files.build_manifest(str(source))
     assert result["model"]["type"] == "nfs" and result["model"]["key"] == "m@r1"
     (source / "tokenizer.json").unlink()
     assert store_call(monkeypatch, capsys, args)["problems"] == [
@@ -599,21 +607,21 @@ def test_link_plan_and_revisions_in_use(tmp_path: Path) -> None:
     (model_dir / "r1" / "a").write_bytes(b"aa")
     published = {"r1": {"manifest": {"files": [{"path": "a", "size": 2, "sha256": "h1"}]}}}
     manifest = {"files": [{"path": "b", "size": 2, "sha256": "h1"}, {"path": "c", "size": 5, "sha256": "h2"}]}
-    plan = mm.link_plan(manifest, str(model_dir / ".partial-r2"), published, str(model_dir))
+    plan = revisions.link_plan(manifest, str(model_dir / ".partial-r2"), published, str(model_dir))
     assert plan == {"links": {"b": str(model_dir / "r1" / "a")}, "linked": [], "needed_bytes": 5}
     instances = tmp_path / "instances"
     (instances / "x").mkdir(parents=True)
     (instances / "x" / "model").symlink_to(model_dir / "r1")
     (instances / "y").mkdir()
     (instances / "y" / "model").symlink_to(tmp_path / "other" / "r9")
-    assert mm.revisions_in_use(str(instances), str(model_dir)) == ["r1"]
-    assert mm.revisions_in_use(str(tmp_path / "none"), str(model_dir)) == []
+    assert revisions.revisions_in_use(str(instances), str(model_dir)) == ["r1"]
+    assert revisions.revisions_in_use(str(tmp_path / "none"), str(model_dir)) == []
 
 
 def test_files_hashed_before_are_not_hashed_again(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     first = make_model(tmp_path / "r1", extra={"shard2.bin": b"2" * 500})
     cache = str(tmp_path / "cache")
-    r1, _reused = mm.cached_manifest(str(first), cache)
+    r1, _reused = files.cached_manifest(str(first), cache)
     second = tmp_path / "r2"
     second.mkdir()
     for path in first.iterdir():
@@ -621,11 +629,11 @@ def test_files_hashed_before_are_not_hashed_again(monkeypatch: pytest.MonkeyPatc
     (second / "shard2.bin").unlink()
     (second / "shard2.bin").write_bytes(b"X" * 500)
     hashed: list[str] = []
-    real_sha = mm.sha256_file
-    monkeypatch.setattr(mm, "sha256_file", lambda p: hashed.append(Path(p).name) or real_sha(p))
-    r2, computed = mm.cached_manifest(str(second), cache)
+    real_sha = files.sha256_file
+    monkeypatch.setattr(files, "sha256_file", lambda p: hashed.append(Path(p).name) or real_sha(p))
+    r2, computed = files.cached_manifest(str(second), cache)
     assert computed and hashed == ["shard2.bin"]
-    assert r2 == mm.build_manifest(str(second)) and r2["digest"] != r1["digest"]
+    assert r2 == files.build_manifest(str(second)) and r2["digest"] != r1["digest"]
 
 
 def test_publishing_hashes_only_what_was_copied(
@@ -634,8 +642,8 @@ def test_publishing_hashes_only_what_was_copied(
     store = tmp_path / "store"
     sync(monkeypatch, capsys, store, make_model(tmp_path / "r1", extra={"shard2.bin": b"2" * 500}), "r1")
     hashed: list[str] = []
-    real_sha = mm.sha256_file
-    monkeypatch.setattr(mm, "sha256_file", lambda p: hashed.append(Path(p).name) or real_sha(p))
+    real_sha = files.sha256_file
+    monkeypatch.setattr(files, "sha256_file", lambda p: hashed.append(Path(p).name) or real_sha(p))
     _staged, published = sync(
         monkeypatch, capsys, store, make_model(tmp_path / "r2", extra={"shard2.bin": b"X" * 500}), "r2"
     )
