@@ -28,7 +28,8 @@ class ActionModule(ActionBase):
     _VALID_ARGS = frozenset(("hosts", "offline", "defaults"))
 
     def run(self, tmp: Any = None, task_vars: dict[str, Any] | None = None) -> dict[str, Any]:
-        result = super().run(tmp, task_vars)
+        # ActionBase is untyped (Any): its run() returns the result dict every action extends.
+        result: dict[str, Any] = super().run(tmp, task_vars)
         task_vars = task_vars or {}
         args = self._task.args
         hosts = args.get("hosts")

@@ -140,7 +140,9 @@ def check_gpus(spec: dict[str, Any], gpus: dict[str, Any] | None) -> list[dict[s
     return out
 
 
-def check_dtype(spec: dict[str, Any], gpus: dict[str, Any] | None, config: dict[str, Any] | None):
+def check_dtype(
+    spec: dict[str, Any], gpus: dict[str, Any] | None, config: dict[str, Any] | None
+) -> list[dict[str, str]]:
     """bfloat16 needs compute capability 8.0 or newer; `auto` falls back to float16 below it."""
     s = with_defaults(spec)
     if s["device"] == "cpu":
@@ -246,7 +248,9 @@ def check_model(spec: dict[str, Any], model: dict[str, Any] | None) -> list[dict
     return out
 
 
-def check_memory(spec: dict[str, Any], gpus: dict[str, Any] | None, model: dict[str, Any] | None):
+def check_memory(
+    spec: dict[str, Any], gpus: dict[str, Any] | None, model: dict[str, Any] | None
+) -> list[dict[str, str]]:
     """Estimate: weights plus one max_model_len sequence of KV cache per GPU vs the budget."""
     s = with_defaults(spec)
     name = "memory_estimate"
@@ -311,7 +315,7 @@ def plan_host(
 ) -> dict[str, Any]:
     """The plan of one host: each instance's command line and checks, and the host's errors."""
     host_errors = [e for e in validate_instances(instances) if e.startswith("vllm_server_instances")]
-    plans = []
+    plans: list[dict[str, Any]] = []
     owners: dict[int, list[str]] = {}
     for spec in instances if isinstance(instances, list) else []:
         errors = validate_instance(spec)

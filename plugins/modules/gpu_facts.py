@@ -208,7 +208,8 @@ def _read_text(path: str) -> str | None:
 def _locate(module: AnsibleModule, name: str) -> str | None:
     if os.path.sep in name:
         return name if os.access(name, os.X_OK) else None
-    return module.get_bin_path(name)
+    path: str | None = module.get_bin_path(name)  # AnsibleModule is untyped (Any)
+    return path
 
 
 def main() -> None:
