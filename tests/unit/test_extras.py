@@ -51,13 +51,14 @@ def test_a_built_import_is_reused_without_the_extra(
 ) -> None:
     gguf = tmp_path / "m.gguf"
     gguf.write_bytes(b"GGUF")
-    real = models._import_gguf_into
-    monkeypatch.setattr(models, "_import_gguf_into", lambda src, out: (out / "config.json").write_text("{}"))
-    built = models.import_gguf(gguf, tmp_path / "out")
-    monkeypatch.setattr(models, "_import_gguf_into", real)
-    assert models.import_gguf(gguf, tmp_path / "out") == built  # reused: nothing imported
+    real = gguf_import.import_gguf_into
+    fake = lambda src, out: (out / "config.json").write_text("{}")  # noqa: E731
+    monkeypatch.setattr(gguf_import, "import_gguf_into", fake)
+    built = gguf_import.import_gguf(gguf, tmp_path / "out")
+    monkeypatch.setattr(gguf_import, "import_gguf_into", real)
+    assert gguf_import.import_gguf(gguf, tmp_path / "out") == built  # reused: nothing imported
     with pytest.raises(extras.MissingExtraError, match="vllm_fleet\\[builders\\]"):
-        models.import_gguf(gguf, tmp_path / "other")
+        gguf_import.import_gguf(gguf, tmp_path / "other")
 
 
 def test_the_cli_reports_a_missing_extra(
@@ -66,7 +67,7 @@ def test_the_cli_reports_a_missing_extra(
     from vllm_fleet import cli
 
     def build_all(cache: Path) -> dict[str, Path]:
-        extras.require(extras.BUILDERS, models.GGUF_IMPORT_NEEDS, "building SmolLM2")
+        extras.require(extras.BUILDERS, gguf_import.GGUF_IMPORT_NEEDS, "building SmolLM2")
         return {}
 
     monkeypatch.setattr(models, "build_all", build_all)

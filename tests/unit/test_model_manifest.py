@@ -365,10 +365,10 @@ def test_a_failed_fetch_reports_its_output_without_the_token(tmp_path: Path) -> 
 
 
 def test_gguf_import_command_calls_import_gguf(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from vllm_fleet import gguf_import, models
+    from vllm_fleet import gguf_import
 
     calls = []
-    monkeypatch.setattr(models, "import_gguf", lambda f, d: calls.append((f, d)) or d)
+    monkeypatch.setattr(gguf_import, "import_gguf", lambda f, d: calls.append((f, d)) or d)
     assert gguf_import.main([str(tmp_path / "m.gguf"), str(tmp_path / "out")]) == 0
     assert calls == [(tmp_path / "m.gguf", tmp_path / "out")]
     missing = subprocess.run(

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from vllm_fleet import models
+from vllm_fleet import builds, models
 
 
 @pytest.fixture(scope="module")
@@ -29,11 +29,11 @@ def test_second_revision_has_the_same_files_and_a_note(base: Path, tmp_path: Pat
         assert (second / name).read_bytes() == (base / name).read_bytes()
     note = json.loads((second / "vllm-fleet-revision.json").read_text())
     assert note == {"derived_from": "tiny-llama", "revision": "second"}
-    assert models.is_built(second, "revision-second", {"base": "tiny-llama", "files": _marker_files(base)})
+    assert builds.is_built(second, "revision-second", {"base": "tiny-llama", "files": _marker_files(base)})
 
 
 def _marker_files(path: Path) -> dict:
-    return json.loads((path / models.MARKER).read_text())["files"]
+    return json.loads((path / builds.MARKER).read_text())["files"]
 
 
 def test_broken_revision_negates_only_the_final_norm(base: Path, tmp_path: Path) -> None:

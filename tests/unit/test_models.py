@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from vllm_fleet import models
+from vllm_fleet import builds, models
 
 
 def _tree(root: Path) -> dict[str, str]:
@@ -51,7 +51,7 @@ def test_failed_build_leaves_nothing(tmp_path: Path) -> None:
         raise RuntimeError("boom")
 
     with pytest.raises(RuntimeError, match="boom"):
-        models._atomic_build(dest, "test", build)
+        builds.atomic_build(dest, "test", build)
     assert not dest.exists()
     assert not dest.with_name(dest.name + ".tmp").exists()
 
@@ -64,20 +64,20 @@ def test_cached_build_is_reused_and_stale_one_replaced(tmp_path: Path) -> None:
         calls.append(out)
         (out / "data.txt").write_text(f"build {len(calls)}\n")
 
-    assert models._atomic_build(dest, "test", build) == dest
-    assert models._atomic_build(dest, "test", build) == dest
+    assert builds.atomic_build(dest, "test", build) == dest
+    assert builds.atomic_build(dest, "test", build) == dest
     assert len(calls) == 1
-    assert models.is_built(dest, "test")
-    assert not models.is_built(dest, "other-kind")
+    assert builds.is_built(dest, "test")
+    assert not builds.is_built(dest, "other-kind")
     # A different source is a different build: rebuilt in place.
-    models._atomic_build(dest, "test", build, source={"v": 2})
+    builds.atomic_build(dest, "test", build, source={"v": 2})
     assert len(calls) == 2
     assert (dest / "data.txt").read_text() == "build 2\n"
     # A missing file makes the build incomplete.
     (dest / "data.txt").unlink()
-    assert not models.is_built(dest, "test", {"v": 2})
+    assert not builds.is_built(dest, "test", {"v": 2})
     assert _mode(dest) == 0o755
-    assert _mode(dest / models.MARKER) == 0o644
+    assert _mode(dest / builds.MARKER) == 0o644
 
 
 def test_foreign_destination_is_never_replaced(tmp_path: Path) -> None:
@@ -89,11 +89,11 @@ def test_foreign_destination_is_never_replaced(tmp_path: Path) -> None:
         (out / "data.txt").write_text("model")
 
     with pytest.raises(FileExistsError):
-        models._atomic_build(dest, "test", build)
+        builds.atomic_build(dest, "test", build)
     assert (dest / "notes.txt").read_text() == "keep me"
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert models._atomic_build(empty, "test", build) == empty
+    assert builds.atomic_build(empty, "test", build) == empty
     assert (empty / "data.txt").read_text() == "model"
 
 
@@ -113,9 +113,9 @@ def test_tiny_llama_is_byte_identical(tiny_pair: tuple[Path, Path]) -> None:
     one, two = tiny_pair
     files = _tree(one)
     assert files == _tree(two)
-    for name in ("config.json", "model.safetensors", "tokenizer.json", models.MARKER):
+    for name in ("config.json", "model.safetensors", "tokenizer.json", builds.MARKER):
         assert name in files
-    marker = json.loads((one / models.MARKER).read_text())
+    marker = json.loads((one / builds.MARKER).read_text())
     assert marker["kind"] == "tiny-llama"
     assert marker["files"]["model.safetensors"] == files["model.safetensors"]
 
@@ -164,7 +164,7 @@ def test_tiny_llama_wide_is_byte_identical_and_its_own_shape(
     one, two = wide_pair
     files = _tree(one)
     assert files == _tree(two)
-    marker = json.loads((one / models.MARKER).read_text())
+    marker = json.loads((one / builds.MARKER).read_text())
     assert marker["kind"] == "tiny-llama-wide"
     config = json.loads((one / "config.json").read_text())
     assert config["architectures"] == ["LlamaForCausalLM"]
