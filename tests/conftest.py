@@ -13,3 +13,5 @@ if not link.exists():
     link.parent.mkdir(parents=True, exist_ok=True)
     link.symlink_to(Path("../../.."))
 sys.path.insert(0, str(COLLECTIONS))
+# The test models' builders, as scripts/test runs them: `python -m tests.builders`.
+sys.path.append(str(ROOT))

@@ -189,16 +189,17 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    """Build the controller-side artefacts the sandbox needs: models and the wheelhouse.
+    """Build the controller-side artefacts the sandbox needs: its model and the wheelhouse.
 
-    The models (tiny random Llamas, SmolLM2 imported from a GGUF file) need the builders extra:
+    The model (SmolLM2 imported from a GGUF file) needs the builders extra:
     pip install 'vllm_fleet[builders]' (torch, transformers, tokenizers, gguf, accelerate).
+    The test suite's own models are built by `python -m tests.builders` (scripts/test).
     """
-    from vllm_fleet import models
+    from vllm_fleet import smollm2
 
     cache = cache_dir()
-    for name, path in models.build_all(cache).items():
-        print(f"model {name}: {path}")
+    model = smollm2.build_smollm2(cache / "models" / smollm2.KIND, cache / "downloads")
+    print(f"model {smollm2.KIND}: {model}")
     print(f"wheelhouse: {wheelhouse.build_wheelhouse(cache / 'wheelhouses')}")
     return EXIT_OK
 

@@ -1,8 +1,9 @@
 """Optional parts of the package and the error that names the extra to install for them.
 
-A controller that only deploys installs ``vllm_fleet`` alone. The model builders (the test
-models of ``vllm-fleet build``) and the GGUF import that model_sync runs on the controller for
-``type: gguf`` sources need torch, transformers and friends: ``vllm_fleet[builders]``.
+A controller that only deploys installs ``vllm_fleet`` alone. The model builders (SmolLM2 for
+``vllm-fleet build``, the test models of ``python -m tests.builders``) and the GGUF import that
+model_sync runs on the controller for ``type: gguf`` sources need torch, transformers and
+friends: ``vllm_fleet[builders]``.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 Each scenario's own test sequence (create, check, converge, idempotence, verify, destroy) is
 the assertion: `molecule test` exits non-zero when any step fails. Its output is shown on
-failure. Needs the Docker engine, the test models and the wheelhouse (`vllm-fleet build`).
+failure. Needs the Docker engine, the test models (`python -m tests.builders`) and the
+wheelhouse (`vllm-fleet build`).
 """
 
 from __future__ import annotations

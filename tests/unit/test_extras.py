@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from vllm_fleet import extras, gguf_import, models
+from vllm_fleet import extras, gguf_import, smollm2
 
 
 @pytest.fixture
@@ -66,11 +66,11 @@ def test_the_cli_reports_a_missing_extra(
 ) -> None:
     from vllm_fleet import cli
 
-    def build_all(cache: Path) -> dict[str, Path]:
+    def build_smollm2(dest: Path, download_dir: Path) -> Path:
         extras.require(extras.BUILDERS, gguf_import.GGUF_IMPORT_NEEDS, "building SmolLM2")
-        return {}
+        return dest
 
-    monkeypatch.setattr(models, "build_all", build_all)
+    monkeypatch.setattr(smollm2, "build_smollm2", build_smollm2)
     monkeypatch.setenv("VLLM_FLEET_CACHE", str(tmp_path))
     assert cli.main(["build"]) == cli.EXIT_SETUP
     assert "vllm-fleet: building SmolLM2 needs gguf" in capsys.readouterr().err

@@ -141,7 +141,7 @@ def test_the_built_tiny_model_passes() -> None:
 
     tiny = cache_dir() / "models" / "tiny-llama"
     if not tiny.is_dir():
-        pytest.skip("the tiny model is not built (vllm-fleet build)")
+        pytest.skip("the tiny model is not built (python -m tests.builders)")
     assert files.check_model_dir(str(tiny)) == []
 
 

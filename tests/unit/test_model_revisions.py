@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from vllm_fleet import builds, models
+from tests.builders import models
+from vllm_fleet import builds
 
 
 @pytest.fixture(scope="module")

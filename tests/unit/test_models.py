@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from vllm_fleet import builds, models
+from tests.builders import models
+from vllm_fleet import builds
 
 
 def _tree(root: Path) -> dict[str, str]:
@@ -30,10 +31,12 @@ def _mode(path: Path) -> int:
 
 def test_import_is_cheap() -> None:
     code = (
-        "import sys, vllm_fleet.models; "
+        "import sys, tests.builders.models, vllm_fleet.smollm2; "
         "print(sorted(m for m in ('torch', 'transformers', 'tokenizers') if m in sys.modules))"
     )
-    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    root = Path(__file__).resolve().parents[2]
+    run = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, cwd=root)
+    out = run.stdout
     assert out.strip() == "[]"
 
 

@@ -34,7 +34,7 @@ from vllm_fleet.paths import cache_dir
 
 MODEL = INSTANCE["served_model_name"]
 FIRST = INSTANCE["revision"]
-# Revisions `vllm-fleet build` derives from SmolLM2 (vllm_fleet.models.build_revision).
+# Revisions `python -m tests.builders` derives from SmolLM2 (tests/builders/models.py).
 SECOND, BROKEN = "second", "broken"
 UPGRADE, ROLLBACK = "playbooks/upgrade.yml", "playbooks/rollback.yml"
 # Steady traffic that still leaves the two cores room for a restarting instance.

