@@ -52,7 +52,10 @@ def test_a_built_import_is_reused_without_the_extra(
     gguf = tmp_path / "m.gguf"
     gguf.write_bytes(b"GGUF")
     real = gguf_import.import_gguf_into
-    fake = lambda src, out: (out / "config.json").write_text("{}")  # noqa: E731
+
+    def fake(src: Path, out: Path) -> None:
+        (out / "config.json").write_text("{}")
+
     monkeypatch.setattr(gguf_import, "import_gguf_into", fake)
     built = gguf_import.import_gguf(gguf, tmp_path / "out")
     monkeypatch.setattr(gguf_import, "import_gguf_into", real)
