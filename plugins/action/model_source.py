@@ -96,7 +96,7 @@ class ActionModule(ActionBase):
     )
 
     def run(self, tmp: Any = None, task_vars: Any = None) -> dict[str, Any]:
-        result = super().run(tmp, task_vars)
+        result: dict[str, Any] = super().run(tmp, task_vars)
         args = self._task.args
         models = args.get("models", [])
         setting = str(args.get("setting", "model_sync_models"))
@@ -212,7 +212,9 @@ class ActionModule(ActionBase):
 
     def _fetched(self, entry: Mapping[str, Any], local: str) -> bool:
         marker = read_json(local + FETCH_MARKER_SUFFIX)
-        return bool(marker) and marker.get("signature") == self._signature(entry) and os.path.isdir(local)
+        return (
+            marker is not None and marker.get("signature") == self._signature(entry) and os.path.isdir(local)
+        )
 
     def _fetch(
         self, entry: Mapping[str, Any], local: str, work_dir: str, args: Mapping[str, Any], token: str

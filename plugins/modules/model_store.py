@@ -430,7 +430,7 @@ def switch_current(module: AnsibleModule, p: dict[str, Any]) -> dict[str, Any]:
 
 def prune(module: AnsibleModule, p: dict[str, Any]) -> dict[str, Any]:
     """Switch the current link (when ``current`` is given), then remove what is no longer kept."""
-    switched = switch_current(module, p) if p["current"] else {"changed": False}
+    switched: dict[str, Any] = switch_current(module, p) if p["current"] else {"changed": False}
     model_dir = os.path.join(p["store"], p["name"])
     published = published_revisions(model_dir)
     protected = set(p["requested"]) | set(p["protected"])
