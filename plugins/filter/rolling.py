@@ -9,7 +9,6 @@ from typing import Any
 
 from ansible_collections.vllm_fleet.serving.plugins.module_utils.golden import (
     in_flight,
-    prompt_errors,
     verdicts,
 )
 from ansible_collections.vllm_fleet.serving.plugins.module_utils.rolling import rollback_pending
@@ -20,7 +19,6 @@ class FilterModule:
 
     def filters(self) -> dict[str, Any]:
         return {
-            "vllm_golden_errors": prompt_errors,
             "vllm_golden_verdicts": verdicts,
             "vllm_in_flight": in_flight,
             "rollback_pending": rollback_pending,
