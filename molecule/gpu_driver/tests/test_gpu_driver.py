@@ -170,9 +170,9 @@ def test_cuda_toolkit_from_debian_in_check_mode(host, run_playbook):
     )
     assert rc == 0, output[-5000:]
     # The 1.6 GB nvidia-cuda-toolkit would be installed from the non-free sources the driver added.
-    assert re.search(r"TASK \[cuda_toolkit : Install the CUDA toolkit 11\.8\] \**\s*changed:", output), (
-        output[-5000:]
-    )
+    # Role tasks print with the role's FQCN since the playbooks name roles by it.
+    install = r"TASK \[vllm_fleet\.serving\.cuda_toolkit : Install the CUDA toolkit 11\.8\] \**\s*changed:"
+    assert re.search(install, output), output[-5000:]
     assert not host.package("nvidia-cuda-toolkit").is_installed
 
 
