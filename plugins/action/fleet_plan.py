@@ -18,6 +18,9 @@ HOST_INPUTS = {
     "shutdown_timeout": "vllm_server_shutdown_timeout",
     "golden_prompts": "vllm_server_golden_prompts",
 }
+# The API keys, only checked (never returned): read from the host's variables, never passed as
+# task arguments (which events and artifacts may record); unset, they are the role's defaults.
+KEY_INPUTS = {"api_key": ("vllm_server_api_key", ""), "api_keys": ("vllm_server_api_keys", {})}
 
 
 class ActionModule(ActionBase):
@@ -49,6 +52,7 @@ class ActionModule(ActionBase):
             host_inputs = {
                 key: view[var] if var in view else defaults[var] for key, var in HOST_INPUTS.items()
             }
+            host_inputs.update({key: view.get(var, unset) for key, (var, unset) in KEY_INPUTS.items()})
             if offline:
                 host_inputs.update(gpus=None, listeners=None)
             else:

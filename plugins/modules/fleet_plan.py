@@ -16,6 +16,8 @@ description:
     C(vllm_server_golden_prompts), C(vllm_server_declared_gpus), C(vllm_server_instance_dir) and
     C(vllm_server_shutdown_timeout) (falling back to O(defaults)), and unless O(offline) the
     C(vllm_fleet_gpus) fact and the listeners that the role's C(facts.yml) read on the host.
+  - It checks C(vllm_server_api_key) and C(vllm_server_api_keys) from the host's variables (unset
+    they are empty) and returns no key; the keys never travel as task arguments.
   - Each model directory is read once for the whole fleet (config.json and weight sizes).
   - The checks are those of C(plugins/module_utils/preflight.py); it changes nothing and never
     fails for a refused plan; the caller decides (the role asserts that RV(refused) is empty).

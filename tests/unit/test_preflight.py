@@ -78,7 +78,14 @@ def test_corpus_is_large_enough():
 def test_missing_config_is_not_checked_never_passed():
     result = preflight.plan_host([BASE], host(), {}, [], "/inst", 20)
     checks = statuses(result)
-    for name in ("tp_divides_heads", "pp_within_layers", "max_model_len", "quantization", "memory_estimate"):
+    for name in (
+        "tp_divides_heads",
+        "pp_within_layers",
+        "max_model_len",
+        "quantization",
+        "batching",
+        "memory_estimate",
+    ):
         assert checks[name] == "not checked"
     detail = next(c["detail"] for c in result["instances"][0]["checks"] if c["check"] == "tp_divides_heads")
     assert "not in model_sync_models" in detail
@@ -229,3 +236,26 @@ def test_model_facts_of_a_real_directory(tmp_path: Path):
         "weights_bytes": 1000,
     }
     assert preflight.read_model_facts(str(tmp_path / "absent")) == {"config": None, "weights_bytes": 0}
+
+
+@pytest.mark.parametrize(
+    ("api_key", "api_keys", "expect"),
+    [
+        ("abc\nVLLM_LOGGING_LEVEL=DEBUG", {}, "vllm_server_api_key must be letters, digits and ._~+/=- only"),
+        ("has space", {}, "vllm_server_api_key must be letters"),
+        (123, {}, "vllm_server_api_key must be a string (empty: no key), got a int"),
+        ("", {"chat": 'quo"te'}, "vllm_server_api_keys['chat'] must be letters"),
+        ("", {"chat": ""}, "vllm_server_api_keys['chat'] must be a non-empty string"),
+        ("", ["chat"], "vllm_server_api_keys must map instance names to keys, got a list"),
+    ],
+)
+def test_api_keys_are_checked_in_the_plan_and_never_shown(api_key, api_keys, expect):
+    plans = preflight.plan_fleet(
+        {"a": fleet_inputs(api_key=api_key, api_keys=api_keys)},
+        lambda source: {"config": LLAMA3_8B, "weights_bytes": WEIGHTS},
+    )
+    failures = plans["a"]["failures"]
+    assert any(expect in f for f in failures), failures
+    for secret in [api_key, *(api_keys.values() if isinstance(api_keys, dict) else [])]:
+        if isinstance(secret, str) and len(secret) > 3:
+            assert not any(secret in f for f in failures), failures

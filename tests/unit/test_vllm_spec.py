@@ -93,7 +93,7 @@ def test_defaults_leave_vllm_defaults_alone():
         ({"gpus": [0, "1"]}, "'gpus'"),
         ({"device": "cpu", "gpus": [0]}, "'gpus'"),
         ({"extra_args": "--foo"}, "'extra_args'"),
-        ({"extra_args": ["--port=9000"]}, "'extra_args'"),
+        ({"extra_args": ["--port=9000"]}, "extra_args[0] '--port=9000' must not repeat"),
         ({"env": {"1BAD": "x"}}, "'env'"),
         ({"name": "Bad Name"}, "'name'"),
         ({"model": ""}, "'model'"),
@@ -107,7 +107,25 @@ def test_defaults_leave_vllm_defaults_alone():
         ({"reasoning_parser": 3}, "'reasoning_parser'"),
         ({"default_chat_template_kwargs": "enable_thinking=false"}, "'default_chat_template_kwargs'"),
         ({"trust_remote_code": "yes"}, "'trust_remote_code'"),
-        ({"extra_args": ["--max-num-seqs", "8"]}, "'extra_args'"),
+        ({"extra_args": ["--max-num-seqs", "8"]}, "extra_args[0] '--max-num-seqs'"),
+        # The owned flags in the other spellings vLLM's parser accepts.
+        ({"extra_args": ["--tensor_parallel_size", "2"]}, "vLLM's --tensor-parallel-size"),
+        ({"extra_args": ["--enforce-eager", "-tp", "2"]}, "extra_args[1] '-tp'"),
+        ({"extra_args": ["--no-trust-remote-code"]}, "vLLM's --no-trust-remote-code"),
+        ({"extra_args": ["--tensor-parallel", "2"]}, "vLLM's --tensor-parallel-size"),
+        ({"extra_args": ["--hf-overrides.rope_scaling.factor=4"]}, "vLLM's --hf-overrides"),
+        ({"extra_args": ["--api_key=abc"]}, "vLLM's --api-key"),
+        ({"extra_args": ["--config", "/etc/vllm.yaml"]}, "--config reads settings from a file"),
+        ({"extra_args": ["--log-level\nx"]}, "extra_args[0] must be one line"),
+        ({"env": {"CUDA_VISIBLE_DEVICES": "0,1"}}, "env['CUDA_VISIBLE_DEVICES']: the role sets"),
+        ({"env": {"VLLM_API_KEY": "k"}}, "env['VLLM_API_KEY']: the role sets"),
+        ({"env": {"HF_TOKEN": "hf_x"}}, "env['HF_TOKEN']: looks like a secret"),
+        ({"env": {"AWS_SECRET_ACCESS_KEY": "x"}}, "looks like a secret"),
+        ({"env": {"VLLM_LOGGING_LEVEL": "INFO\nVLLM_API_KEY=x"}}, "must be one line"),
+        ({"env": {"VLLM_LOGGING_LEVEL": None}}, "env['VLLM_LOGGING_LEVEL']: the value must be"),
+        ({"env": ["A=1"]}, "'env' must map"),
+        ({"model": "../../etc"}, "'model' '../../etc' must be a model_sync_models model"),
+        ({"revision": "v1/../../x"}, "'revision'"),
         (
             {"environment": ["cuda-env"]},
             "'environment' must be the name of one of the host's python_env_environments",
@@ -119,6 +137,15 @@ def test_invalid_specs_name_the_setting(change, setting):
     errors = vllm_spec.validate_instance({**BASE, **change})
     assert errors, change
     assert any(setting in e for e in errors), errors
+
+
+def test_flags_and_variables_the_spec_does_not_own_pass():
+    spec = {
+        **BASE,
+        "extra_args": ["--distributed-executor-backend", "uni", "--max-log-len=100", "--seed", "7"],
+        "env": {"TOKENIZERS_PARALLELISM": "false", "VLLM_CPU_KVCACHE_SPACE": 1, "OMP_NUM_THREADS": "2"},
+    }
+    assert vllm_spec.validate_instance(spec) == []
 
 
 def test_environment_selects_by_name_and_leaves_the_flags_alone():
