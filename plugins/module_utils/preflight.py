@@ -25,8 +25,8 @@ from ansible_collections.vllm_fleet.serving.plugins.module_utils.golden import p
 from ansible_collections.vllm_fleet.serving.plugins.module_utils.vllm_spec import (
     key_errors,
     server_argv,
+    list_errors,
     validate_instance,
-    validate_instances,
     with_defaults,
 )
 
@@ -341,11 +341,11 @@ def plan_host(
     shutdown_timeout: int,
 ) -> dict[str, Any]:
     """The plan of one host: each instance's command line and checks, and the host's errors."""
-    host_errors = [e for e in validate_instances(instances) if e.startswith("vllm_server_instances")]
+    host_errors = list_errors(instances)
     plans: list[dict[str, Any]] = []
     owners: dict[int, list[str]] = {}
-    for spec in instances if isinstance(instances, list) else []:
-        errors = validate_instance(spec)
+    for index, spec in enumerate(instances if isinstance(instances, list) else []):
+        errors = validate_instance(spec, index)
         name = spec.get("name", "?") if isinstance(spec, dict) else "?"
         if errors:
             plans.append(
@@ -370,8 +370,11 @@ def plan_host(
         host_errors.append(f"vllm_server_instances: GPU {gpu} is owned by several instances: {names}")
     failures = list(host_errors)
     for plan in plans:
+        # The spec's own errors name the instance by its place already.
         failures += [
-            f"instance {plan['instance']}: {c['detail']}" for c in plan["checks"] if c["status"] == FAIL
+            c["detail"] if c["check"] == "spec" else f"instance {plan['instance']}: {c['detail']}"
+            for c in plan["checks"]
+            if c["status"] == FAIL
         ]
     return {"instances": plans, "host_errors": host_errors, "failures": failures, "ok": not failures}
 

@@ -161,11 +161,16 @@ def env_errors(label: str, env: Any) -> list[str]:
     return errors
 
 
-def validate_instance(spec: Any) -> list[str]:
-    """Errors of one spec on its own, each naming the setting and what is allowed."""
+def validate_instance(spec: Any, index: int | None = None) -> list[str]:
+    """Errors of one spec on its own, each naming the setting and what is allowed.
+
+    index: the spec's place in the host's vllm_server_instances, named in every error.
+    """
+    where = f"vllm_server_instances[{index}]" if index is not None else "an instance spec"
     if not isinstance(spec, dict):
-        return [f"an instance spec must be a mapping, got {type(spec).__name__}"]
-    label = f"instance {spec.get('name', '?')!r}"
+        return [f"{where} must be a mapping, got {type(spec).__name__}"]
+    name = spec.get("name", "?")
+    label = f"vllm_server_instances[{index}] ({name})" if index is not None else f"instance {name!r}"
     errors: list[str] = []
     unknown = sorted(set(spec) - set(INSTANCE_DEFAULTS))
     if unknown:
@@ -281,10 +286,19 @@ def validate_instance(spec: Any) -> list[str]:
 
 
 def validate_instances(specs: Any) -> list[str]:
-    """Errors of a host's instance list: each spec, then names and ports unique on the host."""
+    """Errors of a host's instance list: each spec, then the list's own (:func:`list_errors`)."""
+    if not isinstance(specs, list):
+        return list_errors(specs)
+    return [e for index, spec in enumerate(specs) for e in validate_instance(spec, index)] + list_errors(
+        specs
+    )
+
+
+def list_errors(specs: Any) -> list[str]:
+    """Errors of the instance list as a whole: a list, its names and ports unique on the host."""
     if not isinstance(specs, list):
         return [f"vllm_server_instances must be a list of instance specs, got {type(specs).__name__}"]
-    errors = [e for spec in specs for e in validate_instance(spec)]
+    errors = []
     for key in ("name", "port"):
         values = [spec.get(key) for spec in specs if isinstance(spec, dict)]
         dupes = sorted({str(v) for v in values if values.count(v) > 1})

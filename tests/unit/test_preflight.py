@@ -259,3 +259,17 @@ def test_api_keys_are_checked_in_the_plan_and_never_shown(api_key, api_keys, exp
     for secret in [api_key, *(api_keys.values() if isinstance(api_keys, dict) else [])]:
         if isinstance(secret, str) and len(secret) > 3:
             assert not any(secret in f for f in failures), failures
+
+
+def test_a_refusal_names_the_instance_by_its_place_in_the_list():
+    result = plan(
+        [{**BASE, "name": "other", "port": 8001, "gpus": [1]}, {**BASE, "extra_args": ["-tp", "2"]}]
+    )
+    assert result["failures"] == [
+        "vllm_server_instances[1] (chat): extra_args[0] '-tp' must not repeat flags the spec sets "
+        "(it is vLLM's --tensor-parallel-size; set it in the spec)"
+    ]
+    assert preflight.plan_host("chat", None, {}, [], "/inst", 20)["failures"] == [
+        "vllm_server_instances must be a list of instance specs, got str"
+    ]
+    assert plan([BASE, 3])["failures"] == ["vllm_server_instances[1] must be a mapping, got int"]
