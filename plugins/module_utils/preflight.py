@@ -24,8 +24,8 @@ from typing import Any
 from ansible_collections.vllm_fleet.serving.plugins.module_utils.golden import prompt_errors
 from ansible_collections.vllm_fleet.serving.plugins.module_utils.vllm_spec import (
     key_errors,
-    server_argv,
     list_errors,
+    server_argv,
     validate_instance,
     with_defaults,
 )
