@@ -152,7 +152,7 @@ def test_bad_spec_is_refused_before_the_host_changes(host, run_playbook):
     bad = {
         "vllm_server_instances": [
             {"name": "tiny", "model": "tiny-llama", "revision": "seed0", "port": 8000,
-             "device": "cpu", "max_model_len": 4096, "enforce_eager": True},
+             "device": "cpu", "dtype": "float32", "max_model_len": 4096, "enforce_eager": True},
             {"name": "other", "model": "tiny-llama", "revision": "seed0", "port": 8000,
              "device": "cpu", "dtype": "bf16"},
         ]

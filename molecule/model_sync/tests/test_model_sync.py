@@ -48,6 +48,7 @@ def instance(revision: str) -> dict:
         "served_model_name": "tiny",
         "port": PORT,
         "device": "cpu",
+        "dtype": "float32",
         "max_model_len": 512,
         "enforce_eager": True,
         "env": {"VLLM_CPU_KVCACHE_SPACE": "1"},
