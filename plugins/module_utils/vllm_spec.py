@@ -166,11 +166,11 @@ def validate_instance(spec: Any, index: int | None = None) -> list[str]:
 
     index: the spec's place in the host's vllm_server_instances, named in every error.
     """
-    where = f"vllm_server_instances[{index}]" if index is not None else "an instance spec"
+    place = f"vllm_server_instances[{index}]" if index is not None else None
     if not isinstance(spec, dict):
-        return [f"{where} must be a mapping, got {type(spec).__name__}"]
+        return [f"{place or 'an instance spec'} must be a mapping, got {type(spec).__name__}"]
     name = spec.get("name", "?")
-    label = f"vllm_server_instances[{index}] ({name})" if index is not None else f"instance {name!r}"
+    label = f"{place} ({name})" if place else f"instance {name!r}"
     errors: list[str] = []
     unknown = sorted(set(spec) - set(INSTANCE_DEFAULTS))
     if unknown:
@@ -256,25 +256,25 @@ def validate_instance(spec: Any, index: int | None = None) -> list[str]:
     if not isinstance(extra, list) or not all(isinstance(a, str) for a in extra):
         errors.append(f"{label}: 'extra_args' must be a list of strings, got {extra!r}")
     else:
-        for index, arg in enumerate(extra):
+        for position, arg in enumerate(extra):
             owned = owned_flag(arg)
             if owned in HIDDEN_SETTING_FLAGS:
                 errors.append(
-                    f"{label}: extra_args[{index}] {arg!r}: {owned} reads settings from a file the "
+                    f"{label}: extra_args[{position}] {arg!r}: {owned} reads settings from a file the "
                     "preflight cannot check; put them into the spec or extra_args"
                 )
             elif owned in SECRET_FLAGS:
                 errors.append(
-                    f"{label}: extra_args[{index}]: {owned} puts a secret on the command line, which the "
+                    f"{label}: extra_args[{position}]: {owned} puts a secret on the command line, which the "
                     "unit file and every process listing show; models come from the store, offline"
                 )
             elif owned:
                 errors.append(
-                    f"{label}: extra_args[{index}] {arg!r} must not repeat flags the spec sets "
+                    f"{label}: extra_args[{position}] {arg!r} must not repeat flags the spec sets "
                     f"(it is vLLM's {owned}; set it in the spec)"
                 )
             elif not _one_line(arg):
-                errors.append(f"{label}: extra_args[{index}] must be one line without control characters")
+                errors.append(f"{label}: extra_args[{position}] must be one line without control characters")
     environment = s["environment"]
     if environment is not None and not (isinstance(environment, str) and NAME_PATTERN.match(environment)):
         errors.append(
@@ -287,11 +287,12 @@ def validate_instance(spec: Any, index: int | None = None) -> list[str]:
 
 def validate_instances(specs: Any) -> list[str]:
     """Errors of a host's instance list: each spec, then the list's own (:func:`list_errors`)."""
-    if not isinstance(specs, list):
-        return list_errors(specs)
-    return [e for index, spec in enumerate(specs) for e in validate_instance(spec, index)] + list_errors(
-        specs
+    errors = (
+        [e for i, spec in enumerate(specs) for e in validate_instance(spec, i)]
+        if isinstance(specs, list)
+        else []
     )
+    return errors + list_errors(specs)
 
 
 def list_errors(specs: Any) -> list[str]:

@@ -12,7 +12,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from ansible_collections.vllm_fleet.serving.plugins.module_utils.python_env import install_argv
+from ansible_collections.vllm_fleet.serving.plugins.module_utils.python_env import create_argv, install_argv
 
 from vllm_fleet import wheelhouse
 
@@ -32,11 +32,11 @@ def parser_env(cache: Path) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.parent.mkdir(parents=True, exist_ok=True)
     uv = str(source / wheelhouse.UV_RELPATH)
-    # --relocatable: the environment is made beside its place and renamed into it.
-    subprocess.run([uv, "venv", "--quiet", "--relocatable", "--python", "python3", str(tmp)], check=True)
-    # As python_env installs a wheelhouse on a host: the lock, offline, without resolving.
-    spec = {"source": "wheelhouse", "installer": "uv"}
-    subprocess.run(install_argv(spec, str(tmp), uv, str(source)), check=True)
+    # As python_env makes a packed venv (relocatable: it is made beside its place and renamed
+    # into it) and installs a wheelhouse into it: the lock, offline, without resolving.
+    spec = {"backend": "venv", "installer": "uv", "python": "python3", "source": "packed"}
+    subprocess.run(create_argv(spec, str(tmp), uv, ""), check=True)
+    subprocess.run(install_argv({**spec, "source": "wheelhouse"}, str(tmp), uv, str(source)), check=True)
     (tmp / COMPLETE).write_text(source.name + "\n")
     shutil.rmtree(dest, ignore_errors=True)
     tmp.replace(dest)
