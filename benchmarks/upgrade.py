@@ -11,10 +11,10 @@ the whole time, and measures in one run:
 1. steady state: latency p50/p99 over --steady seconds;
 2. bare restarts: each vLLM host's instance restarted in turn (systemctl restart, no drain) and
    timed until it serves a completion again; their sum is the baseline;
-3. a rolling upgrade (playbooks/upgrade.yml) to the other good revision of SmolLM2: the wall
-   time of the whole playbook and of its rolling phase (first host drained to last host back),
-   each as a ratio to the baseline (target <= 1.15), latency p50/p99 and failed requests during
-   it;
+3. site.yml with the other good revision of SmolLM2 (a rolling upgrade): the wall time of the
+   whole playbook and of its rolling phase (first host drained to last host back), each as a
+   ratio to the baseline, the per-host orchestration overhead ((wall - baseline) / hosts), the
+   tasks each host ran in the rolling phase, latency p50/p99 and failed requests during it;
 4. playbooks/rollback.yml (the fleet ends where it started), the same figures.
 
 Prints the figures; --json FILE writes them too.
@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -45,8 +46,12 @@ from fleet_scenario import GATEWAY, INSTANCE, UNIT, VLLM_HOSTS, address, revisio
 from vllm_fleet.loadgen import LoadGenerator, LoadReport  # noqa: E402
 from vllm_fleet.paths import cache_dir  # noqa: E402
 
-# Where the rolling phase starts (upgrade.yml stages every host first; rollback.yml does not).
-ROLLING_PLAYS = ("PLAY [Rolling upgrade", "PLAY [Roll back")
+# Where the rolling phase starts (site.yml stages every host first; rollback.yml does not), and
+# where it ends (site.yml goes on with the gateway).
+ROLLING_PLAYS = ("PLAY [Roll out the changes", "PLAY [Roll back")
+AFTER_ROLLING = ("PLAY [Gateway", "PLAY RECAP")
+# One line per task and host in the default callback's output (skipped ones included).
+TASK_RESULT = re.compile(r"^(?:ok|changed|skipping|fatal|failed|included): \[(?P<host>[^\]]+)\]")
 
 
 def log(message: str) -> None:
@@ -91,16 +96,19 @@ def bare_restart(host: str, key: str) -> float:
 
 def playbook(
     inventory: Path, name: str, extra: dict[str, Any] | None, log_dir: Path | None
-) -> dict[str, float]:
-    """Run playbooks/<name>; returns monotonic start, end and the rolling play's start."""
+) -> dict[str, Any]:
+    """Run <name>; returns monotonic start, end, the rolling phase's start and its tasks per host."""
     cmd = [str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(inventory)]
-    cmd.append(str(ROOT / "playbooks" / name))
+    cmd.append(str(ROOT / name))
     with tempfile.NamedTemporaryFile("w", suffix=".yml", delete=False) as handle:
         yaml.safe_dump(extra or {}, handle)
     cmd += ["-e", f"@{handle.name}"]
     env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"))
+    env["ANSIBLE_DISPLAY_SKIPPED_HOSTS"] = "1"
     start = time.monotonic()
     rolling = start
+    in_rolling = False
+    tasks: dict[str, int] = {}
     lines: list[str] = []
     with subprocess.Popen(
         cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
@@ -108,16 +116,21 @@ def playbook(
         assert proc.stdout is not None
         for line in proc.stdout:
             lines.append(line)
-            if line.startswith(ROLLING_PLAYS) and rolling == start:
-                rolling = time.monotonic()
+            if line.startswith(ROLLING_PLAYS):
+                in_rolling = True
+                rolling = time.monotonic() if rolling == start else rolling
+            elif line.startswith(AFTER_ROLLING):
+                in_rolling = False
+            elif in_rolling and (match := TASK_RESULT.match(line)):
+                tasks[match.group("host")] = tasks.get(match.group("host"), 0) + 1
     end = time.monotonic()
     os.unlink(handle.name)
     if log_dir:
-        (log_dir / f"{name}.log").write_text("".join(lines))
+        (log_dir / f"{Path(name).name}.log").write_text("".join(lines))
     if proc.returncode != 0:
         sys.stderr.write("".join(lines[-80:]))
-        raise SystemExit(f"playbooks/{name} failed (rc={proc.returncode})")
-    return {"start": start, "end": end, "rolling": rolling}
+        raise SystemExit(f"{name} failed (rc={proc.returncode})")
+    return {"start": start, "end": end, "rolling": rolling, "tasks": tasks}
 
 
 def figures(report: LoadReport, start: float, end: float) -> dict[str, Any]:
@@ -175,8 +188,8 @@ def main(argv: list[str] | None = None) -> int:
         baseline = sum(restarts.values())
         results["bare_restart_sum_s"] = round(baseline, 2)
 
-        for name, extra in (("upgrade.yml", target("second")), ("rollback.yml", None)):
-            log(f"playbooks/{name}")
+        for name, extra in (("site.yml", target("second")), ("playbooks/rollback.yml", None)):
+            log(name)
             run = playbook(inventory, name, extra, args.log_dir)
             time.sleep(2)
             wall, rolling = run["end"] - run["start"], run["end"] - run["rolling"]
@@ -185,6 +198,9 @@ def main(argv: list[str] | None = None) -> int:
                 "rolling_phase_s": round(rolling, 2),
                 "wall_ratio": round(wall / baseline, 3),
                 "rolling_phase_ratio": round(rolling / baseline, 3),
+                "overhead_per_host_s": round((wall - baseline) / len(VLLM_HOSTS), 2),
+                "rolling_overhead_per_host_s": round((rolling - baseline) / len(VLLM_HOSTS), 2),
+                "rolling_tasks_per_host": run["tasks"],
                 **figures(load.report, run["start"], run["end"]),
             }
     results["total_requests"] = load.report.total

@@ -7,10 +7,7 @@ from typing import Any
 from ansible_collections.vllm_fleet.serving.plugins.module_utils.gateway import (
     api_keys,
     backends,
-    drain_pattern,
-    drained_hosts,
     errors,
-    server_line,
     upstreams,
 )
 
@@ -24,7 +21,4 @@ class FilterModule:
             "gateway_upstreams": upstreams,
             "gateway_api_keys": api_keys,
             "gateway_errors": errors,
-            "gateway_server_line": server_line,
-            "gateway_drained_hosts": drained_hosts,
-            "gateway_drain_pattern": drain_pattern,
         }

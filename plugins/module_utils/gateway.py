@@ -1,10 +1,10 @@
 """The gateway's view of the fleet: upstreams per served model, keys, and drained hosts.
 
-The gateway role renders nginx's configuration from what these functions return; the drain
-and undrain tasks toggle one marker per upstream server line (`down`) that
-:func:`server_line` writes and :func:`drained_hosts` reads back. The drained state therefore
-lives in the running configuration itself: a converge of the gateway keeps a host drained that a
-rolling upgrade took out, and nothing else has to remember it.
+The gateway role renders nginx's main configuration from what these functions return; the
+upstream blocks are rendered by the gateway_upstreams module on the gateway host from a state
+file (:func:`new_state`): the upstreams the inventory asks for, and the hosts that rolling
+changes drained. Drain and undrain change that state and render the blocks again; a converge of
+the gateway keeps a drained host drained.
 """
 
 from __future__ import annotations
@@ -21,11 +21,8 @@ from ansible_collections.vllm_fleet.serving.plugins.module_utils.vllm_spec impor
 # Served names become path prefixes (/<name>/v1/...) and parts of nginx identifiers: no
 # spaces, quotes, braces, semicolons or anything else nginx or a URL would read differently.
 SERVED_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*$")
-# Marks the line of one backend host in the generated upstream blocks.
+# Names the backend host of each upstream server line (for people reading the file).
 HOST_MARKER = "# vllm-fleet host="
-_SERVER_LINE = re.compile(
-    r"^\s*server\s+[^;#]*?(?P<down>\s+down)?;\s*" + re.escape(HOST_MARKER) + r"(?P<host>\S+)\s*$"
-)
 
 
 def backends(hosts: Iterable[str], hostvars: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -136,24 +133,49 @@ def errors(backend_list: list[dict[str, Any]], default_model: str = "") -> list[
 
 
 def server_line(server: Mapping[str, Any], max_fails: int, fail_timeout: int, down: bool) -> str:
-    """One upstream server line, marked with its host so that drains can find it."""
+    """One upstream server line; a drained host's lines are marked ``down``."""
     flags = f"max_fails={int(max_fails)} fail_timeout={int(fail_timeout)}s" + (" down" if down else "")
     return f"server {server['address']}:{int(server['port'])} {flags}; {HOST_MARKER}{server['host']}"
 
 
-def drained_hosts(config: str) -> list[str]:
-    """Hosts whose server lines are marked down in a configuration :func:`server_line` wrote."""
-    hosts = set()
-    for line in config.splitlines():
-        match = _SERVER_LINE.match(line)
-        if match and match.group("down"):
-            hosts.add(match.group("host"))
-    return sorted(hosts)
+def upstream_blocks(state: Mapping[str, Any]) -> str:
+    """nginx's upstream blocks from the gateway's state (see :func:`new_state`)."""
+    drained = set(state.get("drained") or [])
+    lines = ["# Written by vllm-fleet from upstreams.json beside it (gateway_upstreams); do not edit."]
+    for upstream in state.get("upstreams") or []:
+        lines += [f"# served model {upstream['model']}", f"upstream {upstream['upstream']} {{"]
+        lines.append(f"    zone {upstream['upstream']} 64k;")
+        for server in upstream["servers"]:
+            line = server_line(server, state["max_fails"], state["fail_timeout"], server["host"] in drained)
+            lines.append(f"    {line}")
+        lines += [f"    keepalive {int(state['keepalive'])};", "}", ""]
+    return "\n".join(lines) + "\n"
 
 
-def drain_pattern(host: str) -> str:
-    """The regular expression (for Ansible's replace module) of ``host``'s server lines.
+def new_state(
+    old: Mapping[str, Any],
+    upstream_list: list[dict[str, Any]] | None = None,
+    settings: Mapping[str, int] | None = None,
+    drain: list[str] | tuple[str, ...] = (),
+    undrain: list[str] | tuple[str, ...] = (),
+) -> dict[str, Any]:
+    """The gateway's state after a configure (upstreams, settings) and/or a drain or undrain.
 
-    Groups: 1 the line up to the flags' end, 2 `` down`` if present, 3 the marker comment.
+    State: ``upstreams`` (:func:`upstreams`), ``max_fails``, ``fail_timeout``, ``keepalive``
+    and ``drained`` (hosts whose server lines are down). A configure keeps the drained hosts: a
+    host that a rolling upgrade took out stays out until that upgrade returns it.
     """
-    return r"^(\s*server\s+[^;#]*?)(\s+down)?;(\s*" + re.escape(HOST_MARKER + host) + r")$"
+    state: dict[str, Any] = {
+        "upstreams": [],
+        "max_fails": 2,
+        "fail_timeout": 10,
+        "keepalive": 32,
+        "drained": [],
+    }
+    state.update({k: v for k, v in old.items() if k in state})
+    if upstream_list is not None:
+        state["upstreams"] = upstream_list
+    state.update(settings or {})
+    drained = (set(state["drained"]) | set(drain)) - set(undrain)
+    state["drained"] = sorted(drained)
+    return state

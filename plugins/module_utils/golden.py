@@ -52,15 +52,6 @@ def with_defaults(setting: Mapping[str, Any]) -> dict[str, Any]:
     return {**DEFAULTS, **setting}
 
 
-def answer_of(reply: Mapping[str, Any]) -> str | None:
-    """The text of a chat completion reply (a registered uri result), or None."""
-    try:
-        content = reply["json"]["choices"][0]["message"]["content"]
-    except (KeyError, IndexError, TypeError):
-        return None
-    return content if isinstance(content, str) else None
-
-
 def passes(setting: Mapping[str, Any], answer: str | None) -> bool:
     """Whether ``answer`` is the expected one (surrounding whitespace never counts)."""
     if answer is None:
@@ -68,32 +59,6 @@ def passes(setting: Mapping[str, Any], answer: str | None) -> bool:
     full = with_defaults(setting)
     got, expected = answer.strip(), str(full["expect"]).strip()
     return got == expected if full["match"] == "exact" else expected in got
-
-
-def verdicts(replies: list[Mapping[str, Any]], golden: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """One verdict per golden reply (registered uri results looped over instance specs).
-
-    Each: instance, expected, match, got (the answer, or what came back instead), ok. Holds no
-    request data, so it may be shown where the replies (whose requests carry the key) may not.
-    """
-    rows = []
-    for reply in replies:
-        name = reply["item"]["name"]
-        setting = with_defaults(golden[name])
-        answer = answer_of(reply)
-        got = answer
-        if got is None:
-            got = f"no answer (HTTP {reply.get('status', 'error')}: {reply.get('msg', '')})"
-        rows.append(
-            {
-                "instance": name,
-                "expected": setting["expect"],
-                "match": setting["match"],
-                "got": got,
-                "ok": passes(setting, answer),
-            }
-        )
-    return rows
 
 
 def in_flight(metrics: str) -> float | None:

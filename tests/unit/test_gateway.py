@@ -81,24 +81,31 @@ def test_errors_name_the_setting_and_never_the_key() -> None:
     assert gateway.errors([_backend("h1", SPEC, key="abc.DEF-123_~+/=")]) == []
 
 
-def test_server_lines_round_trip_through_the_drain_marks() -> None:
-    server = {"host": "vllm-1", "address": "10.0.0.1", "port": 8000}
-    up = gateway.server_line(server, 2, 10, down=False)
-    down = gateway.server_line({**server, "host": "vllm-2"}, 2, 10, down=True)
-    assert up == "server 10.0.0.1:8000 max_fails=2 fail_timeout=10s; # vllm-fleet host=vllm-1"
-    config = f"upstream x {{\n        {up}\n        {down}\n}}\n# server 1.2.3.4:1 down; no marker\n"
-    assert gateway.drained_hosts(config) == ["vllm-2"]
-
-
-def test_drain_pattern_toggles_only_that_host() -> None:
-    lines = [
-        "        " + gateway.server_line({"host": h, "address": "10.0.0.1", "port": p}, 2, 10, down=False)
-        for h, p in (("vllm-1", 8000), ("vllm-1", 8001), ("vllm-10", 8000))
+def test_upstream_blocks_mark_drained_hosts_down() -> None:
+    servers = [
+        {"host": h, "address": f"10.0.0.{n}", "port": 8000, "instance": "chat"}
+        for n, h in ((1, "vllm-1"), (2, "vllm-2"), (3, "vllm-10"))
     ]
-    config = "\n".join(lines)
-    pattern = re.compile(gateway.drain_pattern("vllm-1"), re.MULTILINE)
-    drained = pattern.sub(r"\1 down;\3", config)
-    assert gateway.drained_hosts(drained) == ["vllm-1"]
-    # Draining twice changes nothing; undraining restores the original text exactly.
-    assert pattern.sub(r"\1 down;\3", drained) == drained
-    assert pattern.sub(r"\1;\3", drained) == config
+    ups = [{"model": "chat", "upstream": "vllm_chat", "servers": servers, "default": True, "keyed": True}]
+    state = gateway.new_state(
+        {}, ups, {"max_fails": 2, "fail_timeout": 10, "keepalive": 32}, drain=["vllm-1"]
+    )
+    text = gateway.upstream_blocks(state)
+    assert "    server 10.0.0.1:8000 max_fails=2 fail_timeout=10s down; # vllm-fleet host=vllm-1\n" in text
+    assert "    server 10.0.0.3:8000 max_fails=2 fail_timeout=10s; # vllm-fleet host=vllm-10\n" in text
+    assert text.count(" down;") == 1
+    assert "upstream vllm_chat {" in text and "keepalive 32;" in text and "zone vllm_chat 64k;" in text
+
+
+def test_a_configure_keeps_drained_hosts_and_undrain_returns_them() -> None:
+    settings = {"max_fails": 2, "fail_timeout": 10, "keepalive": 32}
+    drained = gateway.new_state({}, [], settings, drain=["vllm-2", "vllm-1"])
+    assert drained["drained"] == ["vllm-1", "vllm-2"]
+    # A configure (new upstreams, new settings) keeps them; draining twice changes nothing.
+    reconfigured = gateway.new_state(drained, [], {**settings, "max_fails": 3})
+    assert reconfigured["drained"] == ["vllm-1", "vllm-2"] and reconfigured["max_fails"] == 3
+    assert gateway.new_state(reconfigured, drain=["vllm-1"]) == reconfigured
+    back = gateway.new_state(reconfigured, undrain=["vllm-1"])
+    assert back["drained"] == ["vllm-2"] and back["upstreams"] == []
+    # A drain or undrain alone (from a backend host's play) keeps the upstreams.
+    assert gateway.new_state({"upstreams": [{"model": "x"}]}, drain=["h"])["upstreams"] == [{"model": "x"}]

@@ -1,21 +1,12 @@
-"""Golden prompts, the drain's in-flight count and the rollback's targets."""
+"""Golden prompts and the drain's in-flight count."""
 
 from __future__ import annotations
 
 import math
 
-from ansible_collections.vllm_fleet.serving.plugins.module_utils import golden, rolling
+from ansible_collections.vllm_fleet.serving.plugins.module_utils import golden
 
 PARIS = {"prompt": "What is the capital of France? Answer in one sentence.", "expect": "Paris"}
-
-
-def _reply(name: str, content: str | None, status: int = 200) -> dict:
-    reply: dict = {"item": {"name": name}, "status": status}
-    if content is not None:
-        reply["json"] = {"choices": [{"message": {"role": "assistant", "content": content}}]}
-    else:
-        reply["msg"] = "Status code was 500"
-    return reply
 
 
 def test_valid_settings_pass() -> None:
@@ -47,24 +38,6 @@ def test_substring_and_exact_matches() -> None:
     assert not golden.passes(PARIS, None)
 
 
-def test_verdicts_say_instance_expected_and_got() -> None:
-    replies = [
-        _reply("a", "The capital of France is Paris."),
-        _reply("b", "ingly ingly ingly"),
-        _reply("c", None, 500),
-    ]
-    rows = golden.verdicts(replies, {"a": PARIS, "b": PARIS, "c": PARIS})
-    assert [r["ok"] for r in rows] == [True, False, False]
-    assert rows[1] == {
-        "instance": "b",
-        "expected": "Paris",
-        "match": "substring",
-        "got": "ingly ingly ingly",
-        "ok": False,
-    }
-    assert rows[2]["got"] == "no answer (HTTP 500: Status code was 500)"
-
-
 METRICS = """\
 # HELP vllm:num_requests_running Number of requests in model execution batches.
 # TYPE vllm:num_requests_running gauge
@@ -83,28 +56,3 @@ def test_in_flight_sums_running_and_waiting_over_engines() -> None:
     assert golden.in_flight("") is None
     assert golden.in_flight("# HELP vllm:num_requests_running x\n") is None
     assert not math.isnan(golden.in_flight(METRICS.splitlines()[2]) or 0)
-
-
-def _stat(name: str, link: str, target: str | None) -> dict:
-    stat = {"exists": target is not None, "islnk": target is not None}
-    if target is not None:
-        stat["lnk_source"] = target
-    return {"item": [name, link], "stat": stat}
-
-
-def test_rollback_switches_instances_whose_record_differs() -> None:
-    results = [
-        # upgraded: model moved from r1 to r2
-        _stat("a", "model", "/store/m/r2"), _stat("a", "env", "/envs/k1"),
-        _stat("a", "previous-model", "/store/m/r1"), _stat("a", "previous-env", "/envs/k1"),
-        # environment moved only
-        _stat("b", "model", "/store/m/r1"), _stat("b", "env", "/envs/k2"),
-        _stat("b", "previous-model", "/store/m/r1"), _stat("b", "previous-env", "/envs/k1"),
-        # rolled back already (record equals current)
-        _stat("c", "model", "/store/m/r1"), _stat("c", "env", "/envs/k1"),
-        _stat("c", "previous-model", "/store/m/r1"), _stat("c", "previous-env", "/envs/k1"),
-        # never upgraded: no record
-        _stat("d", "model", "/store/m/r1"), _stat("d", "env", "/envs/k1"),
-        _stat("d", "previous-model", None), _stat("d", "previous-env", None),
-    ]  # fmt: skip
-    assert rolling.rollback_pending(results) == ["a", "b"]
