@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -81,8 +82,13 @@ def _report(result: RunResult) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    """Converge the fleet with site.yml: preflight, environments, models, services."""
-    result = _run(args, "site.yml")
+    """Converge the fleet with site.yml: preflight, environments, models, services.
+
+    Safe to run at any time: what serves nothing yet starts at once; changes that restart or stop
+    running instances roll out --serial hosts at a time, drained at the gateways, gated with the
+    golden prompts, and a host whose gate fails is put back as it was and stops the run.
+    """
+    result = _run(args, "site.yml", None if args.serial is None else {"upgrade_serial": args.serial})
     if args.json:
         print(json.dumps(_document(result), indent=2, sort_keys=True))
         return result.exit_code
@@ -157,6 +163,17 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _serial(value: str) -> int | str:
+    """--serial: a number of hosts, or a percentage of them (the playbooks check the range)."""
+    if re.fullmatch(r"[1-9][0-9]*", value):
+        return int(value)
+    if re.fullmatch(r"[1-9][0-9]*%", value):
+        return value
+    raise argparse.ArgumentTypeError(
+        f"must be a whole number of hosts or a percentage such as 25%, not {value!r}"
+    )
+
+
 def _rolling(args: argparse.Namespace, playbook: str) -> int:
     result = _run(args, playbook, {"upgrade_serial": args.serial})
     if args.json:
@@ -168,8 +185,9 @@ def _rolling(args: argparse.Namespace, playbook: str) -> int:
 def cmd_upgrade(args: argparse.Namespace) -> int:
     """Roll the fleet onto the model revisions and environments the inventory names now.
 
-    Edit the instances' `revision` (and model_sync_models) or the python_env settings in the
-    inventory, or pass them with -e, then run this instead of `up`. The new revisions and
+    The same as `up` (playbooks/upgrade.yml is site.yml under the name of the habit). Edit the
+    instances' `revision` (and model_sync_models) or the python_env settings in the inventory,
+    or pass them with -e. The new revisions and
     environments are first placed beside the running ones on every host; then, --serial hosts at
     a time: drain at the gateway, wait for in-flight requests to finish, switch, restart, gate
     with the golden prompts, back into the gateway. A host whose gate fails is switched back and
@@ -292,7 +310,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = add("demo", cmd_demo, "local sandbox fleet: serve SmolLM2 and ask it a question", inventory=False)
     demo.add_argument("--down", action="store_true", help="remove the sandbox fleet instead")
-    add("up", cmd_up, "converge a fleet with site.yml")
+    up = add(
+        "up", cmd_up, "converge a fleet with site.yml (changes to running instances roll, drained and gated)"
+    )
+    up.add_argument(
+        "--serial",
+        type=_serial,
+        default=None,
+        metavar="N",
+        help="hosts switched at a time, or N%% of them (default: 1)",
+    )
     plan = add("plan", cmd_plan, "check the instances and print their vLLM command lines (changes nothing)")
     plan.add_argument(
         "--offline",
@@ -305,7 +332,11 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         rolling = add(name, func, help_text)
         rolling.add_argument(
-            "--serial", type=int, default=1, metavar="N", help="hosts switched at a time (default: 1)"
+            "--serial",
+            type=_serial,
+            default=1,
+            metavar="N",
+            help="hosts switched at a time, or N%% of them (default: 1)",
         )
     add("status", cmd_status, "per host and instance: unit, model revision, environment, health, load")
     build = sub.add_parser(
