@@ -19,10 +19,10 @@ import json
 import os
 import time
 import urllib.error
-import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from ansible.module_utils.urls import open_url
 from ansible_collections.vllm_fleet.serving.plugins.module_utils.golden import (
     in_flight,
     passes,
@@ -59,8 +59,10 @@ def request(
     if key:
         headers["Authorization"] = f"Bearer {key}"
     try:
-        with urllib.request.urlopen(
-            urllib.request.Request(url, data=data, headers=headers), timeout=timeout
+        method = "POST" if data else "GET"
+        # 127.0.0.1 only: a proxy from the environment must not see the request.
+        with open_url(
+            url, data=data, headers=headers, method=method, timeout=timeout, use_proxy=False
         ) as reply:
             return int(reply.status), reply.read().decode("utf-8", "replace")
     except urllib.error.HTTPError as err:

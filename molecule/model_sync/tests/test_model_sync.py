@@ -10,7 +10,8 @@ rollback   current -> seed0 and the instance back on seed0 (restarted, serving)
 corrupt    gen3's staged copy gets a flipped byte: refused, nothing published, current and the
            serving instance untouched (same process)
 heal       the next run copies the refused file again and publishes gen3
-prune      keep_revisions 0: gen2 goes, seed0 stays (the instance uses it)
+prune      keep_revisions 0: seed0 stays (the instance uses it), and gen2 too (its previous-model link:
+           the way back site.yml recorded when it switched the instance back from gen2)
 bad input  a model without tokenizer and an unknown type fail before any host change
 """
 
@@ -204,8 +205,10 @@ def test_prune_keeps_what_is_used(host, run_playbook):
         SCENARIO / "sync.yml", {"model_sync_models": [GEN3, NFS], "model_sync_keep_revisions": 0}
     )
     assert done.rc == 0, done.output[-8000:]
-    # gen2 is neither requested, current nor used; seed0 is what the instance serves.
-    assert revisions(host) == ["current", "gen3", "seed0"]
+    # seed0 is what the instance serves; gen2 is neither requested nor current, but it is the
+    # instance's way back (site.yml's switch back from gen2 recorded it for rollback.yml).
+    assert host.file(INSTANCE_LINK.replace("/model", "/previous-model")).linked_to == f"{MODEL}/gen2"
+    assert revisions(host) == ["current", "gen2", "gen3", "seed0"]
 
 
 def test_bad_input_fails_before_any_host_change(host, tmp_path, run_playbook):
