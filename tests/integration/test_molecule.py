@@ -23,9 +23,10 @@ ROOT = Path(__file__).resolve().parents[2]
 SCENARIOS = sorted(p.parent.name for p in (ROOT / "molecule").glob("*/molecule.yml"))
 # Scenarios that need what these machines cannot reach, and the variable that provides it.
 NEEDS = {
-    # Not a need of the machine but of CI's 90 minutes: the scenario ran past its 45-minute limit
-    # in a full run here (27 minutes in the run before; its converge alone now takes 12, the cause
-    # is not found yet), so it runs on request until it is made faster. The others run in CI.
+    # Not a need of the machine but of CI's 90 minutes: alone it takes 27 to 32 minutes on a fast
+    # machine of this kind (the other scenarios together about 30), and CI's machines have been
+    # twice as slow; it ran past its 45-minute limit in a full run once. It runs on request until
+    # tests get cheaper (issue 14). The others run in CI.
     "fleet": (
         "VLLM_FLEET_RUN_FLEET",
         "the fleet scenario ran past its 45-minute limit in a full run on 2 cores, more than CI's "
