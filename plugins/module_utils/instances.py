@@ -25,10 +25,11 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from ansible_collections.vllm_fleet.serving.plugins.module_utils.files import read_text, write_text_atomic
 
 # Units this role wrote say so: another vllm-* unit on the host is not ours to stop.
 UNIT_DESCRIPTION = re.compile(r"^Description=vLLM instance ", re.MULTILINE)
@@ -86,31 +87,8 @@ class Plan:
         }
 
 
-def _read(path: str) -> str | None:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return handle.read()
-    except FileNotFoundError:
-        return None
-
-
 def _link(path: str) -> str | None:
     return os.readlink(path) if os.path.islink(path) else None
-
-
-def _write(path: str, content: str, mode: int) -> None:
-    """Replace ``path`` atomically (a reader sees the old file or the new one, whole)."""
-    directory = os.path.dirname(path)
-    fd, temp = tempfile.mkstemp(dir=directory, prefix=".vllm-fleet-")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(content)
-        os.chmod(temp, mode)
-        os.replace(temp, path)
-    except BaseException:
-        if os.path.exists(temp):
-            os.unlink(temp)
-        raise
 
 
 def _symlink(target: str, path: str) -> None:
@@ -173,7 +151,7 @@ class Host:
         names = []
         for entry in sorted(os.listdir(self.unit_dir)):
             match = UNIT_NAME.match(entry)
-            if match and UNIT_DESCRIPTION.search(_read(os.path.join(self.unit_dir, entry)) or ""):
+            if match and UNIT_DESCRIPTION.search(read_text(os.path.join(self.unit_dir, entry)) or ""):
                 names.append(match.group("name"))
         return names
 
@@ -189,14 +167,14 @@ class Host:
         return {
             "model": _link(paths["model"]),
             "env": _link(paths["env"]),
-            "service": _read(paths["service"]),
+            "service": read_text(paths["service"]),
         }
 
     # What would change.
     def _changes(self, wanted: Desired) -> list[dict[str, str]]:
         """Diffs of what differs between the instance on the host and ``wanted``."""
         found = []
-        before_unit = _read(self.unit_path(wanted.name))
+        before_unit = read_text(self.unit_path(wanted.name))
         if before_unit != wanted.unit:
             found.append(
                 {
@@ -219,7 +197,7 @@ class Host:
                         "after": f"{after}\n",
                     }
                 )
-        if _read(self.secrets_path(wanted.name)) != wanted.secrets:
+        if read_text(self.secrets_path(wanted.name)) != wanted.secrets:
             path = self.secrets_path(wanted.name)
             # The file holds the key: say that it changes, never what is in it.
             found.append(
@@ -240,10 +218,10 @@ class Host:
             return None
         return Desired(
             name=name,
-            unit=previous["service"] or _read(self.unit_path(name)) or "",
+            unit=previous["service"] or read_text(self.unit_path(name)) or "",
             model=previous["model"] or now["model"] or "",
             env=previous["env"] or now["env"] or "",
-            secrets=_read(self.secrets_path(name)) or "",
+            secrets=read_text(self.secrets_path(name)) or "",
         )
 
     def targets(self, desired: Sequence[Desired], target: str) -> list[Desired]:
@@ -253,7 +231,7 @@ class Host:
         found = (self._previous_as_desired(d.name) for d in desired)
         return [d for d in found if d is not None]
 
-    def plan(self, desired: Sequence[Desired], target: str = "inventory", retire: bool = True) -> Plan:
+    def plan(self, desired: Sequence[Desired], target: str = "inventory") -> Plan:
         names = [d.name for d in desired]
         installed = self.installed()
         plan = Plan()
@@ -265,12 +243,17 @@ class Host:
             # An instance that is not running is started by the switch, changed or not.
             if changes or (target == "inventory" and wanted.name not in plan.active):
                 plan.pending.append(wanted.name)
-        if retire and target == "inventory":
+        if target == "inventory":
             plan.retired = [name for name in installed if name not in names]
             for name in plan.retired:
                 path = self.unit_path(name)
                 plan.diff.append(
-                    {"before_header": path, "after_header": path, "before": _read(path) or "", "after": ""}
+                    {
+                        "before_header": path,
+                        "after_header": path,
+                        "before": read_text(path) or "",
+                        "after": "",
+                    }
                 )
         return plan
 
@@ -280,25 +263,25 @@ class Host:
         if self.has_record(name, "upgrade-from"):
             return
         paths = self.record_paths(name, "upgrade-from")
-        unit = _read(self.unit_path(name))
+        unit = read_text(self.unit_path(name))
         if unit is None:
-            _write(paths["new"], "", 0o644)
+            write_text_atomic(paths["new"], "", 0o644)
             return
         for link in LINKS:
             current = _link(self.link_path(name, link))
             if current:
                 _symlink(current, paths[link])
-        _write(paths["service"], unit, 0o644)
+        write_text_atomic(paths["service"], unit, 0o644)
 
     def _apply(self, wanted: Desired) -> bool:
         """Write unit, secrets and links of ``wanted``; whether the unit file changed."""
         for link in LINKS:
             if _link(self.link_path(wanted.name, link)) != getattr(wanted, link):
                 _symlink(getattr(wanted, link), self.link_path(wanted.name, link))
-        if _read(self.secrets_path(wanted.name)) != wanted.secrets:
-            _write(self.secrets_path(wanted.name), wanted.secrets, 0o600)
-        if _read(self.unit_path(wanted.name)) != wanted.unit:
-            _write(self.unit_path(wanted.name), wanted.unit, 0o644)
+        if read_text(self.secrets_path(wanted.name)) != wanted.secrets:
+            write_text_atomic(self.secrets_path(wanted.name), wanted.secrets, 0o600)
+        if read_text(self.unit_path(wanted.name)) != wanted.unit:
+            write_text_atomic(self.unit_path(wanted.name), wanted.unit, 0o644)
             return True
         return False
 
@@ -307,9 +290,9 @@ class Host:
         for path in (self.unit_path(name), self.secrets_path(name), os.path.join(self.instance_dir, name)):
             _remove(path)
 
-    def switch(self, desired: Sequence[Desired], target: str = "inventory", retire: bool = True) -> Plan:
+    def switch(self, desired: Sequence[Desired], target: str = "inventory") -> Plan:
         """Record, write and restart what :meth:`plan` lists; retire instances no longer wanted."""
-        plan = self.plan(desired, target, retire)
+        plan = self.plan(desired, target)
         if self.check_mode or not (plan.pending or plan.retired):
             return plan
         wanted = {d.name: d for d in self.targets(desired, target)}
@@ -340,7 +323,7 @@ class Host:
                 if recorded[link]:
                     _symlink(str(recorded[link]), self.link_path(name, link))
             if recorded["service"] is not None:
-                _write(self.unit_path(name), recorded["service"], 0o644)
+                write_text_atomic(self.unit_path(name), recorded["service"], 0o644)
             for path in paths.values():
                 _remove(path)
         self.systemctl("daemon-reload")

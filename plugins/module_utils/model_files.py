@@ -20,6 +20,8 @@ import stat
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
+from ansible_collections.vllm_fleet.serving.plugins.module_utils.files import write_text_atomic
+
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping, Sequence
 
@@ -202,14 +204,7 @@ def _known_hashes(cache_dir: str) -> dict[tuple[int, ...], str]:
 
 def write_json_atomic(path: str, data: Any, mode: int = 0o644) -> None:
     """Write JSON to a sibling temporary file, fsync it and rename it over ``path``."""
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=1, sort_keys=True)
-        handle.write("\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(data, indent=1, sort_keys=True) + "\n", mode)
 
 
 def check_manifest_shape(manifest: Any) -> list[str]:

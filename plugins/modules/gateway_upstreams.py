@@ -78,35 +78,23 @@ drained:
 import fcntl  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
-import tempfile  # noqa: E402
 import time  # noqa: E402
 from typing import Any  # noqa: E402
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
+from ansible_collections.vllm_fleet.serving.plugins.module_utils.files import read_text, write_text_atomic  # noqa: E402
 from ansible_collections.vllm_fleet.serving.plugins.module_utils.gateway import new_state, upstream_blocks  # noqa: E402
 
 # After a reload nginx returns once signalled; give the new workers this long to take over.
 TAKE_OVER_SECONDS = 1.0
 
 
-def _read(path: str) -> str | None:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return handle.read()
-    except FileNotFoundError:
-        return None
-
-
-def _write(path: str, content: str | None) -> None:
-    if content is None:
-        if os.path.exists(path):
-            os.unlink(path)
-        return
-    fd, temp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".vllm-fleet-")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(content)
-    os.chmod(temp, 0o644)
-    os.replace(temp, path)
+def _put(path: str, content: str | None) -> None:
+    """Write ``path``, or remove it for None (putting back a file that was not there)."""
+    if content is not None:
+        write_text_atomic(path, content)
+    elif os.path.exists(path):
+        os.unlink(path)
 
 
 def main() -> None:
@@ -142,8 +130,8 @@ def main() -> None:
 
 def _converge(module: AnsibleModule, state_path: str, conf_path: str) -> dict[str, Any]:
     p = module.params
-    old_state_text = _read(state_path)
-    old_conf = _read(conf_path)
+    old_state_text = read_text(state_path)
+    old_conf = read_text(conf_path)
     settings = None
     if p["upstreams"] is not None:
         settings = {key: p[key] for key in ("max_fails", "fail_timeout", "keepalive")}
@@ -162,15 +150,15 @@ def _converge(module: AnsibleModule, state_path: str, conf_path: str) -> dict[st
     if not changed or module.check_mode:
         return result
 
-    _write(conf_path, conf)
-    _write(state_path, state_text)
+    _put(conf_path, conf)
+    _put(state_path, state_text)
     if p["reload"]:
         rc, _out, _err = module.run_command(["systemctl", "is-active", "--quiet", "nginx.service"])
         if rc == 0:
             rc, out, err = module.run_command(["nginx", "-t", "-q"])
             if rc != 0:
-                _write(conf_path, old_conf)
-                _write(state_path, old_state_text)
+                _put(conf_path, old_conf)
+                _put(state_path, old_state_text)
                 module.fail_json(
                     msg=f"nginx -t refused the new upstreams (put back as they were): {err or out}"
                 )

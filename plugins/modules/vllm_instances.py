@@ -64,14 +64,6 @@ options:
     description: Content of each instance's root-only environment file, by instance name.
     type: dict
     default: {}
-  names:
-    description: Instances to restore or commit (default, every instance in C(instances)).
-    type: list
-    elements: str
-  retire:
-    description: Stop and remove units this role wrote for instances not in C(instances).
-    type: bool
-    default: true
   unit_dir:
     description: Where the units are.
     type: path
@@ -100,8 +92,8 @@ EXAMPLES = r"""
 
 RETURN = r"""
 changes:
-  description: What the host runs and what the step (or a switch, for C(planned)) changes.
-  returned: always
+  description: What the host runs and what the switch changes (or would change, for C(planned)).
+  returned: state is planned or switched
   type: dict
   contains:
     pending:
@@ -155,8 +147,6 @@ def main() -> None:
                 },
             },
             "secrets": {"type": "dict", "default": {}, "no_log": True},
-            "names": {"type": "list", "elements": "str"},
-            "retire": {"type": "bool", "default": True},
             "unit_dir": {"type": "path", "default": "/etc/systemd/system"},
             "instance_dir": {"type": "path", "required": True},
             "config_dir": {"type": "path", "required": True},
@@ -175,13 +165,13 @@ def main() -> None:
 
     host = Host(p["unit_dir"], p["instance_dir"], p["config_dir"], systemctl, module.check_mode)
     desired = [Desired.from_param(spec, p["secrets"] or {}) for spec in p["instances"]]
-    names = p["names"] if p["names"] is not None else [d.name for d in desired]
+    names = [d.name for d in desired]
 
     if p["state"] == "planned":
-        plan = host.plan(desired, p["target"], p["retire"])
+        plan = host.plan(desired, p["target"])
         module.exit_json(changed=False, changes=plan.as_dict())
     if p["state"] == "switched":
-        plan = host.switch(desired, p["target"], p["retire"])
+        plan = host.switch(desired, p["target"])
         changed = bool(plan.pending or plan.retired)
         result = {"changed": changed, "changes": plan.as_dict()}
         if module._diff and plan.diff:
@@ -189,13 +179,9 @@ def main() -> None:
         module.exit_json(**result)
     if p["state"] == "restored":
         restored = host.restore(names)
-        module.exit_json(
-            changed=bool(restored), names=restored, changes=host.plan(desired, p["target"], False).as_dict()
-        )
+        module.exit_json(changed=bool(restored), names=restored)
     committed = host.commit(names, p["target"])
-    module.exit_json(
-        changed=bool(committed), names=committed, changes=host.plan(desired, p["target"], False).as_dict()
-    )
+    module.exit_json(changed=bool(committed), names=committed)
 
 
 if __name__ == "__main__":
