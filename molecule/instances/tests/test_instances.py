@@ -22,6 +22,7 @@ import re
 import subprocess
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -83,6 +84,20 @@ def _descendants(host, pid: int) -> set[int]:
         found |= new
         grew = bool(new)
     return found
+
+
+def _engine_requests(metrics_url: str) -> int:
+    """Requests vLLM's engine holds (running plus waiting), from its Prometheus metrics."""
+    try:
+        with urllib.request.urlopen(metrics_url, timeout=5) as response:
+            text = response.read().decode()
+    except OSError:
+        return 0
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(("vllm:num_requests_running{", "vllm:num_requests_waiting{")):
+            total += float(line.rsplit(" ", 1)[1])
+    return int(total)
 
 
 def _cursor(host) -> str:
@@ -309,6 +324,7 @@ def test_stop_lets_in_flight_streams_finish(host, clients, address, other_pid):
         except Exception as err:
             record["error"] = repr(err)
 
+    metrics_url = f"http://{address}:{SPECS[VICTIM]['port']}/metrics"
     threads = [threading.Thread(target=stream, args=(i,), daemon=True) for i in range(STREAMS)]
     # Nothing slow between the streams' acceptance and the stop: testinfra's Ansible backend takes
     # seconds per command, long enough for the streams to finish, so the stop goes straight
@@ -318,10 +334,16 @@ def test_stop_lets_in_flight_streams_finish(host, clients, address, other_pid):
     with _keeps_serving(clients[OTHER], SPECS[OTHER]["served_model_name"]) as other_record:
         for thread in threads:
             thread.start()
-        # Stop as soon as the first tokens flow: the other streams are still queued behind it.
+        # Stop once tokens flow and the engine holds every stream not yet finished: a request
+        # that reaches vLLM after SIGTERM is refused (500), which is the gateway's drain to
+        # prevent, not what this test measures. On a loaded CI machine a client thread can be
+        # seconds late, so the first token alone is not enough.
         deadline = time.monotonic() + 120
-        while not any(r["chunks_at"] for r in results):
-            assert time.monotonic() < deadline, f"no stream got a token: {results}"
+        while not (
+            any(r["chunks_at"] for r in results)
+            and _engine_requests(metrics_url) + sum("finish_reason" in r for r in results) >= STREAMS
+        ):
+            assert time.monotonic() < deadline, f"the engine never held every stream: {results}"
             assert not any("error" in r for r in results), results
             time.sleep(0.05)
         start = time.monotonic()
