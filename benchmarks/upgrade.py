@@ -97,7 +97,7 @@ def bare_restart(host: str, key: str) -> float:
 def playbook(
     inventory: Path, name: str, extra: dict[str, Any] | None, log_dir: Path | None
 ) -> dict[str, Any]:
-    """Run <name>; returns monotonic start, end, the rolling phase's start and its tasks per host."""
+    """Run <name>; returns monotonic start, end, the rolling phase's start and end, its tasks per host."""
     cmd = [str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(inventory)]
     cmd.append(str(ROOT / name))
     with tempfile.NamedTemporaryFile("w", suffix=".yml", delete=False) as handle:
@@ -106,7 +106,7 @@ def playbook(
     env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"))
     env["ANSIBLE_DISPLAY_SKIPPED_HOSTS"] = "1"
     start = time.monotonic()
-    rolling = start
+    rolling = rolled = start
     in_rolling = False
     tasks: dict[str, int] = {}
     lines: list[str] = []
@@ -119,8 +119,9 @@ def playbook(
             if line.startswith(ROLLING_PLAYS):
                 in_rolling = True
                 rolling = time.monotonic() if rolling == start else rolling
-            elif line.startswith(AFTER_ROLLING):
+            elif line.startswith(AFTER_ROLLING) and in_rolling:
                 in_rolling = False
+                rolled = time.monotonic()
             elif in_rolling and (match := TASK_RESULT.match(line)):
                 tasks[match.group("host")] = tasks.get(match.group("host"), 0) + 1
     end = time.monotonic()
@@ -130,7 +131,7 @@ def playbook(
     if proc.returncode != 0:
         sys.stderr.write("".join(lines[-80:]))
         raise SystemExit(f"{name} failed (rc={proc.returncode})")
-    return {"start": start, "end": end, "rolling": rolling, "tasks": tasks}
+    return {"start": start, "end": end, "rolling": rolling, "rolled": rolled, "tasks": tasks}
 
 
 def figures(report: LoadReport, start: float, end: float) -> dict[str, Any]:
@@ -192,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
             log(name)
             run = playbook(inventory, name, extra, args.log_dir)
             time.sleep(2)
-            wall, rolling = run["end"] - run["start"], run["end"] - run["rolling"]
+            wall, rolling = run["end"] - run["start"], run["rolled"] - run["rolling"]
             results[name] = {
                 "wall_s": round(wall, 2),
                 "rolling_phase_s": round(rolling, 2),
