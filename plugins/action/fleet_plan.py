@@ -6,7 +6,11 @@ from typing import Any
 
 from ansible.errors import AnsibleActionFail, AnsibleError
 from ansible.plugins.action import ActionBase
-from ansible_collections.vllm_fleet.serving.plugins.module_utils.preflight import parse_listeners, plan_fleet
+from ansible_collections.vllm_fleet.serving.plugins.module_utils.preflight import (
+    instance_names,
+    parse_listeners,
+    plan_fleet,
+)
 
 # What a host's plan reads from its variables; role defaults are not host variables, so the
 # task passes them (`defaults`) for the hosts whose inventory does not set them.
@@ -28,7 +32,7 @@ class ActionModule(ActionBase):
 
     TRANSFERS_FILES = False
     _requires_connection = False
-    _VALID_ARGS = frozenset(("hosts", "offline", "defaults"))
+    _VALID_ARGS = frozenset(("hosts", "fleet_hosts", "offline", "defaults"))
 
     def run(self, tmp: Any = None, task_vars: dict[str, Any] | None = None) -> dict[str, Any]:
         # ActionBase is untyped (Any): its run() returns the result dict every action extends.
@@ -67,7 +71,14 @@ class ActionModule(ActionBase):
                 host_inputs["listeners"] = parse_listeners(view["__vllm_server_listeners"]["stdout"])
             inputs[host] = host_inputs
 
-        plans = plan_fleet(inputs)
+        # Keys and golden prompts may name instances of hosts a --limit left out of the play.
+        other_instances: set[str] = set()
+        var = HOST_INPUTS["instances"]
+        for host in set(args.get("fleet_hosts") or []) - set(inputs):
+            view = hostvars[host]
+            other_instances |= instance_names(view[var] if var in view else defaults[var])
+
+        plans = plan_fleet(inputs, other_instances=other_instances)
         refused = [f"{host}: {failure}" for host, plan in plans.items() for failure in plan["failures"]]
         result.update(changed=False, plans=plans, refused=refused)
         return result

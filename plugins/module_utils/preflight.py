@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import shlex
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -391,17 +391,50 @@ def read_model_facts(source: str) -> dict[str, Any]:
     return {"config": config, "weights_bytes": weights}
 
 
+def instance_names(instances: Any) -> set[str]:
+    """The names in a host's `vllm_server_instances`, as far as its entries have one."""
+    if not isinstance(instances, list):
+        return set()
+    return {
+        spec["name"] for spec in instances if isinstance(spec, Mapping) and isinstance(spec.get("name"), str)
+    }
+
+
+def reference_errors(golden_prompts: Any, api_keys: Any, fleet_instances: Collection[str]) -> list[str]:
+    """Settings keyed by instance name that name no instance of the fleet: a typo there would
+    leave the real instance without its key or its gate, silently. One group-wide setting
+    covers every host, so a name only has to exist on some host."""
+    known = ", ".join(sorted(fleet_instances)) or "none"
+    found = []
+    for setting, value in (
+        ("vllm_server_golden_prompts", golden_prompts),
+        ("vllm_server_api_keys", api_keys),
+    ):
+        if isinstance(value, Mapping):
+            found += [
+                f"{setting}[{name!r}] names no instance of the fleet (instances: {known})"
+                for name in value
+                if name not in fleet_instances
+            ]
+    return found
+
+
 def plan_fleet(
     hosts: Mapping[str, Mapping[str, Any]],
     read_model: Callable[[str], dict[str, Any]] = read_model_facts,
+    other_instances: Collection[str] = (),
 ) -> dict[str, dict[str, Any]]:
     """The plan of every host at once, each model directory read once for the whole fleet.
 
     Each host's inputs: `instances`, `gpus` (gpu_facts' vllm_fleet_gpus, or None), `declared_gpus`
     (used when `gpus` is None), `listeners` (parsed `ss` output, or None), `models` (its
     model_sync_models), `instance_root`, `shutdown_timeout`, `golden_prompts`, `api_key` and
-    `api_keys` (unset: no key).
+    `api_keys` (unset: no key). `other_instances`: the instance names of the fleet's hosts that are
+    not planned now (a run limited to some hosts), which the golden prompts and keys may name too.
     """
+    fleet_instances = set(other_instances).union(
+        *(instance_names(i.get("instances")) for i in hosts.values())
+    )
     read: dict[str, dict[str, Any]] = {}
     plans = {}
     for host, inputs in hosts.items():
@@ -423,6 +456,7 @@ def plan_fleet(
         )
         settings = prompt_errors(inputs.get("golden_prompts", {}))
         settings += key_errors(inputs.get("api_key", ""), inputs.get("api_keys", {}))
+        settings += reference_errors(inputs.get("golden_prompts"), inputs.get("api_keys"), fleet_instances)
         if settings:
             plan = {
                 **plan,

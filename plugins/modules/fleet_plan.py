@@ -29,6 +29,14 @@ options:
     type: list
     elements: str
     required: true
+  fleet_hosts:
+    description:
+      - Every host whose instances C(vllm_server_api_keys) and C(vllm_server_golden_prompts) may
+        name (the whole group, also under C(--limit)); a name that no instance of these hosts or
+        of O(hosts) has is refused.
+    type: list
+    elements: str
+    default: []
   offline:
     description: Plan from C(vllm_server_declared_gpus) without host facts.
     type: bool
@@ -54,6 +62,7 @@ EXAMPLES = r"""
 - name: Plan the fleet
   vllm_fleet.serving.fleet_plan:
     hosts: "{{ ansible_play_hosts }}"
+    fleet_hosts: "{{ groups['vllm_servers'] }}"
     offline: true
     defaults:
       vllm_server_instances: []

@@ -273,3 +273,42 @@ def test_a_refusal_names_the_instance_by_its_place_in_the_list():
         "vllm_server_instances must be a list of instance specs, got str"
     ]
     assert plan([BASE, 3])["failures"] == ["vllm_server_instances[1] must be a mapping, got int"]
+
+
+def test_keys_and_golden_prompts_must_name_an_instance_of_the_fleet():
+    """A typo in a name would leave the real instance without its key or its gate, silently."""
+    plans = preflight.plan_fleet(
+        {
+            # The group-wide settings name instances of other hosts: fine.
+            "a": fleet_inputs(
+                api_keys={"chat": "k-one", "embed": "k-two"},
+                golden_prompts={"embed": {"prompt": "Hi", "expect": "Hello"}},
+            ),
+            "b": fleet_inputs(
+                instances=[{**BASE, "name": "embed"}],
+                api_keys={"chta": "k-three"},
+                golden_prompts={
+                    "caht": {"prompt": "Hi", "expect": "Hello"},
+                    "chat": {"prompt": "Hi", "expect": "Hello"},
+                },
+            ),
+        },
+        lambda source: {"config": LLAMA3_8B, "weights_bytes": WEIGHTS},
+    )
+    assert plans["a"]["ok"], plans["a"]["failures"]
+    assert plans["b"]["failures"] == [
+        "vllm_server_golden_prompts['caht'] names no instance of the fleet (instances: chat, embed)",
+        "vllm_server_api_keys['chta'] names no instance of the fleet (instances: chat, embed)",
+    ]
+
+
+def test_a_limited_run_checks_the_names_against_the_hosts_left_out_too():
+    inputs = {"a": fleet_inputs(api_keys={"embed": "k-one"})}
+    limited = preflight.plan_fleet(
+        inputs, lambda source: {"config": LLAMA3_8B, "weights_bytes": WEIGHTS}, other_instances={"embed"}
+    )
+    assert limited["a"]["ok"], limited["a"]["failures"]
+    alone = preflight.plan_fleet(inputs, lambda source: {"config": LLAMA3_8B, "weights_bytes": WEIGHTS})
+    assert alone["a"]["failures"] == [
+        "vllm_server_api_keys['embed'] names no instance of the fleet (instances: chat)"
+    ]
