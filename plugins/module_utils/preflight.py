@@ -38,7 +38,19 @@ NOT_CHECKED = "not checked"
 _CONTEXT_KEYS = ("max_position_embeddings", "max_sequence_length", "seq_length", "n_positions", "max_seq_len")
 _DTYPE_BYTES = {"float32": 4, "float": 4, "bfloat16": 2, "float16": 2, "half": 2}
 # Quantization methods that read the same checkpoints (vLLM upgrades awq to awq_marlin, ...).
-_QUANT_FAMILIES = {"awq_marlin": "awq", "gptq_marlin": "gptq", "fbgemm_fp8": "fp8"}
+_QUANT_FAMILIES = {"awq_marlin": "awq", "auto_awq": "awq", "gptq_marlin": "gptq", "auto_gptq": "gptq"}
+# The files a method reads the checkpoint's quantization settings from when config.json has none,
+# as vLLM 0.32 names them (get_config_filenames; tests/unit/test_contract_properties.py checks
+# this against it): with neither, vLLM exits at start ("Cannot find the config file for gptq").
+# The methods not listed quantize at load (fp8, ...) or read config.json only.
+QUANT_CONFIG_FILES = {
+    **dict.fromkeys(("awq", "auto_awq", "awq_marlin"), ("quantize_config.json", "quant_config.json")),
+    **dict.fromkeys(("gptq", "auto_gptq", "gptq_marlin", "moe_wna16"), ("quantize_config.json",)),
+    **dict.fromkeys(
+        ("modelopt", "modelopt_fp4", "modelopt_mxfp8", "modelopt_mixed"), ("hf_quant_config.json",)
+    ),
+    "inc": ("quantization_config.json",),
+}
 GIB = 1024**3
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
 
@@ -234,14 +246,33 @@ def check_model(spec: dict[str, Any], model: dict[str, Any] | None) -> list[dict
         )
     else:
         out.append(_check(names[2], PASS, f"max_model_len {wanted}, model context {context}"))
-    own = (full.get("quantization_config") or {}).get("quant_method")
+    # Where vLLM reads a checkpoint's own method: config.json, its text_config, or compression_config.
+    own_config = (
+        full.get("quantization_config") or config.get("quantization_config") or full.get("compression_config")
+    )
+    own = (own_config or {}).get("quant_method")
     wanted_q = s["quantization"]
+    files = QUANT_CONFIG_FILES.get(wanted_q or "", ())
     if own and wanted_q and _QUANT_FAMILIES.get(wanted_q, wanted_q) != _QUANT_FAMILIES.get(own, own):
         out.append(
             _check(
                 names[3],
                 FAIL,
                 f"quantization {wanted_q} contradicts the model's own {own}; leave it unset or use {own}",
+            )
+        )
+    elif not own and files and "json_files" not in model:
+        out.append(
+            _check(names[3], NOT_CHECKED, f"quantization {wanted_q}: the model's file list is not at hand")
+        )
+    elif not own and files and not any(f.endswith(files) for f in model["json_files"]):
+        out.append(
+            _check(
+                names[3],
+                FAIL,
+                f"quantization {wanted_q} needs a checkpoint quantized with it, but "
+                f"{s['model']}@{s['revision']} has no quantization_config in config.json and no "
+                f"{' or '.join(files)}: use its quantized revision, or a method that quantizes at load (fp8)",
             )
         )
     else:
@@ -381,14 +412,16 @@ def plan_host(
 
 def read_model_facts(source: str) -> dict[str, Any]:
     """What the planner needs of a model directory on the controller: its config.json (None when
-    absent or unreadable) and the total size of its weight files."""
+    absent or unreadable), the total size of its weight files and the names of its JSON files."""
     root = Path(source)
     try:
         config = json.loads((root / "config.json").read_text())
     except (OSError, ValueError):
         config = None
     weights = sum(p.stat().st_size for p in root.glob("*") if p.suffix in WEIGHT_SUFFIXES and p.is_file())
-    return {"config": config, "weights_bytes": weights}
+    # The JSON files beside it: some methods read their settings from one (QUANT_CONFIG_FILES).
+    json_files = sorted(p.name for p in root.glob("*.json"))
+    return {"config": config, "weights_bytes": weights, "json_files": json_files}
 
 
 def instance_names(instances: Any) -> set[str]:

@@ -53,10 +53,15 @@ DEVICES = ("cuda", "cpu")
 # Allowed values as vLLM 0.32 lists them (`--help=all`, QUANTIZATION_METHODS), the common subset.
 DTYPES = ("auto", "half", "float16", "bfloat16", "float", "float32")
 KV_CACHE_DTYPES = ("auto", "bfloat16", "float16", "fp8", "fp8_e4m3", "fp8_e5m2", "fp8_inc")
+# Quantization methods that vLLM 0.32 starts with as they are: its QUANTIZATION_METHODS less
+# the deprecated ones (refused at start without --allow-deprecated-quantization) and `online`
+# (it needs a --quantization-config); bitsandbytes and gguf are no methods of 0.32.
 QUANTIZATIONS = (
-    None, "awq", "awq_marlin", "gptq", "gptq_marlin", "fp8", "fbgemm_fp8", "bitsandbytes",
-    "compressed-tensors", "modelopt", "modelopt_fp4", "mxfp4", "experts_int8", "moe_wna16",
-    "torchao", "quark", "gguf",
+    None, "awq", "auto_awq", "awq_marlin", "gptq", "auto_gptq", "gptq_marlin", "fp8",
+    "fp8_per_tensor", "fp8_per_block", "fp8_per_channel", "int8_per_channel_weight_only",
+    "nvfp4_per_token", "mxfp8", "modelopt", "modelopt_fp4", "modelopt_mxfp8", "modelopt_mixed",
+    "compressed-tensors", "experts_int8", "quark", "moe_wna16", "torchao", "inc", "mxfp4",
+    "gpt_oss_mxfp4", "deepseek_v4_fp8", "humming",
 )  # fmt: skip
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 ENV_NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")

@@ -137,6 +137,20 @@ def test_every_spelling_of_an_owned_flag_is_refused_and_no_other_flag(vllm_parse
     assert not wrong, wrong
 
 
+def test_the_quantization_lists_are_vllms(vllm_parser):
+    """vllm_spec.QUANTIZATIONS and preflight.QUANTIZATION_CONFIG_FILES as vLLM 0.32 itself has them."""
+    real = vllm_parser({"quantization": True})
+    allowed = [q for q in vllm_spec.QUANTIZATIONS if q]
+    assert not set(allowed) - set(real["methods"]), "methods vLLM 0.32 does not know"
+    assert not set(allowed) & set(real["deprecated"]), "methods vLLM 0.32 refuses without a flag"
+    files = {
+        m: tuple(real["config_files"][m])
+        for m in allowed
+        if real["config_files"][m] and m not in real["online"]
+    }
+    assert files == preflight.QUANT_CONFIG_FILES
+
+
 @settings(max_examples=300, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(base=st.sampled_from([CPU, CUDA]), mutation=MUTATIONS)
 def test_a_mutated_spec_is_refused_by_name_or_accepted_by_vllm(vllm_parser, base, mutation):

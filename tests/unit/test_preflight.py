@@ -234,8 +234,13 @@ def test_model_facts_of_a_real_directory(tmp_path: Path):
     assert preflight.read_model_facts(str(tmp_path)) == {
         "config": {"num_attention_heads": 4},
         "weights_bytes": 1000,
+        "json_files": ["config.json", "tokenizer.json"],
     }
-    assert preflight.read_model_facts(str(tmp_path / "absent")) == {"config": None, "weights_bytes": 0}
+    assert preflight.read_model_facts(str(tmp_path / "absent")) == {
+        "config": None,
+        "weights_bytes": 0,
+        "json_files": [],
+    }
 
 
 @pytest.mark.parametrize(
@@ -312,3 +317,46 @@ def test_a_limited_run_checks_the_names_against_the_hosts_left_out_too():
     assert alone["a"]["failures"] == [
         "vllm_server_api_keys['embed'] names no instance of the fleet (instances: chat)"
     ]
+
+
+def quantization_check(
+    spec: dict[str, Any], config: dict[str, Any], json_files: list[str] | None
+) -> dict[str, str]:
+    facts: dict[str, Any] = {"config": {**LLAMA3_8B, **config}, "weights_bytes": WEIGHTS}
+    if json_files is not None:
+        facts["json_files"] = json_files
+    checks = preflight.check_model({**BASE, **spec}, facts)
+    return next(c for c in checks if c["check"] == "quantization")
+
+
+@pytest.mark.parametrize(
+    ("quantization", "config", "json_files", "status"),
+    [
+        # A checkpoint method on a checkpoint that is not quantized: vLLM exits at start.
+        ("gptq", {}, ["config.json", "tokenizer.json"], "fail"),
+        ("awq_marlin", {}, ["config.json"], "fail"),
+        ("modelopt", {}, ["config.json"], "fail"),
+        # AutoGPTQ's and AutoAWQ's own files, or config.json's quantization_config, hold the settings.
+        ("gptq", {}, ["config.json", "quantize_config.json"], "pass"),
+        ("awq", {}, ["config.json", "quant_config.json"], "pass"),
+        ("gptq", {"quantization_config": {"quant_method": "gptq"}}, ["config.json"], "pass"),
+        (
+            "compressed-tensors",
+            {"compression_config": {"quant_method": "compressed-tensors"}},
+            ["config.json"],
+            "pass",
+        ),
+        # Methods that quantize at load need nothing of the checkpoint.
+        ("fp8", {}, ["config.json"], "pass"),
+        # A vision model keeps it in its text_config: the checkpoint's own method still counts.
+        ("gptq", {"text_config": {"quantization_config": {"quant_method": "awq"}}}, ["config.json"], "fail"),
+        # Facts without the file list (an older cache): not checked, never a pass.
+        ("gptq", {}, None, "not checked"),
+    ],
+)
+def test_a_checkpoint_quantization_needs_a_quantized_checkpoint(quantization, config, json_files, status):
+    check = quantization_check({"quantization": quantization}, config, json_files)
+    assert check["status"] == status, check
+    if status == "fail" and not config:
+        assert f"quantization {quantization} needs a checkpoint quantized with it" in check["detail"]
+        assert "llama-3-8b@r1" in check["detail"]
