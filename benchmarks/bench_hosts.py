@@ -33,24 +33,38 @@ def ansible_env(**extra: str) -> dict[str, str]:
         ANSIBLE_COLLECTIONS_PATH=str(ROOT / "collections"),
         ANSIBLE_ROLES_PATH=str(ROOT / "roles"),
         ANSIBLE_NOCOLOR="1",
-        # As the Molecule scenarios run (and ansible.cfg sets for SSH): one exec per module.
+        # As ansible.cfg and the Molecule scenarios run: one SSH exec per module.
         ANSIBLE_PIPELINING="true",
         **extra,
     )
 
 
-def write_inventory(path: Path, hosts: list[str], **group_vars: str) -> None:
-    """The hosts in group vllm_servers, reached through the Docker connection."""
-    all_vars = {"sandbox_cache": str(cache_dir()), **group_vars}
+def ssh_config(network: str) -> Path:
+    """The ssh_config playbooks/sandbox.yml writes for the hosts of `network`."""
+    return cache_dir() / "ssh" / network / "config"
+
+
+def write_inventory(path: Path, hosts: list[str], network: str, **group_vars: str) -> None:
+    """The hosts in group vllm_servers, reached over SSH as the sandbox's are."""
+    all_vars = {
+        "sandbox_cache": str(cache_dir()),
+        "ansible_user": "deploy",
+        "ansible_ssh_common_args": f"-F {ssh_config(network)}",
+        **group_vars,
+    }
     lines = ["all:", "  vars:"] + [f"    {k}: {json.dumps(v)}" for k, v in all_vars.items()]
     lines += ["vllm_servers:", "  hosts:"] + [f"    {h}:" for h in hosts]
-    lines += ["  vars:", "    ansible_connection: community.docker.docker", "    ansible_user: root"]
     path.write_text("\n".join(lines) + "\n")
 
 
 def sandbox(inventory: Path, hosts: list[str], network: str, state: str) -> None:
     """Create (present) or remove (absent) the hosts with playbooks/sandbox.yml."""
-    variables = {"sandbox_state": state, "sandbox_hosts": hosts, "sandbox_network": network}
+    variables = {
+        "sandbox_state": state,
+        "sandbox_hosts": hosts,
+        "sandbox_network": network,
+        "sandbox_ssh_dir": str(ssh_config(network).parent),
+    }
     subprocess.run(
         [str(BIN / "ansible-playbook"), "-i", str(inventory), str(ROOT / "playbooks" / "sandbox.yml"),
          "-e", json.dumps(variables)],

@@ -7,8 +7,8 @@ passes) in a temporary directory, creates its own systemd container(s) with
 playbooks/sandbox.yml (named vllm-msync-bench-N on the network vllm-fleet-msync-bench; removed at
 the end unless --keep), and measures, in one run:
 
-1. plain `rsync -a` of the directory to each host (through `docker exec`, the transport the
-   role's rsync uses with the Docker connection), the baseline;
+1. plain `rsync -a` of the directory to each host (over SSH as the role's rsync, as root
+   through sudo), the baseline;
 2. the first sync by the role (a playbook with model_sync alone, cold manifest cache): wall
    time, and the time of its copy step, as ratios to the baseline;
 3. an unchanged re-sync: wall time per host and bytes moved;
@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench_hosts import log, run_role, sandbox, task_seconds, write_inventory
+from bench_hosts import log, run_role, sandbox, ssh_config, task_seconds, write_inventory
 
 NETWORK = "vllm-fleet-msync-bench"
 MODEL = "bench-model"
@@ -79,10 +79,8 @@ def make_model(root: Path, size: int, shards: int) -> list[Path]:
 def plain_rsync(source: Path, hosts: list[str], dest: str) -> float:
     """rsync -a to every host at once; seconds until the last one finished."""
     start = time.monotonic()
-    procs = [
-        subprocess.Popen(["rsync", "-a", "--rsh=docker exec -i", f"{source}/", f"{host}:{dest}/"])
-        for host in hosts
-    ]
+    rsync = ["rsync", "-a", f"--rsh=ssh -F {ssh_config(NETWORK)}", "--rsync-path=sudo rsync"]
+    procs = [subprocess.Popen([*rsync, f"{source}/", f"{host}:{dest}/"]) for host in hosts]
     codes = [p.wait() for p in procs]
     elapsed = time.monotonic() - start
     if any(codes):
@@ -129,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="model-sync-bench-", dir=args.tmp or "/var/tmp") as tmp:
         work = Path(tmp)
         inventory = work / "inventory.yml"
-        write_inventory(inventory, hosts)
+        write_inventory(inventory, hosts, NETWORK)
         log(f"making a {args.size_gib} GiB model in {args.shards} shards")
         source = work / "r1"
         shards = make_model(source, size, args.shards)

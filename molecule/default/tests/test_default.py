@@ -97,6 +97,9 @@ def test_api_key_not_in_unit_or_command_line(host, api_key):
     assert api_key not in cmdlines
     env_file = host.file("/etc/vllm-fleet/tiny.env")
     assert env_file.user == "root" and env_file.mode == 0o600
+    # The user Ansible logs in as reads it only through sudo.
+    as_deploy = host.run("sudo -u deploy cat /etc/vllm-fleet/tiny.env")
+    assert as_deploy.rc != 0 and "Permission denied" in as_deploy.stderr
 
 
 def test_installed_environment_is_recorded(host):
