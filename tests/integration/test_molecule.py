@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from vllm_fleet.paths import cache_dir
+from vllm_fleet.runner import mitogen_env
 
 ROOT = Path(__file__).resolve().parents[2]
 SCENARIOS = sorted(p.parent.name for p in (ROOT / "molecule").glob("*/molecule.yml"))
@@ -54,6 +55,10 @@ def test_molecule_scenario(scenario: str) -> None:
         NO_COLOR="1",
         ANSIBLE_NOCOLOR="1",
     )
+    # VLLM_FLEET_MITOGEN=1: every play of the scenario (Molecule's and its tests') with Mitogen,
+    # the trial `vllm-fleet --mitogen` must pass before it can become the default.
+    if os.environ.get("VLLM_FLEET_MITOGEN") == "1":
+        env.update(mitogen_env())
     started = time.monotonic()
     try:
         proc = subprocess.run(

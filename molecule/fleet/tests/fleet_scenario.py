@@ -1,11 +1,13 @@
 """What the fleet scenario's tests and benchmarks/upgrade.py both need to know of its hosts.
 
-The hosts, the instance every vLLM host serves (host_vars/), how to reach a container, which
+The hosts, the instance every vLLM host serves (host_vars/), how to reach a host, which
 model revision a host runs, and the extra vars that make a revision the fleet's target.
 """
 
 from __future__ import annotations
 
+import os
+import shlex
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -22,25 +24,29 @@ INSTANCE: dict[str, Any] = HOST_VARS["vllm_server_instances"][0]
 UNIT = f"vllm-{INSTANCE['name']}.service"
 
 
-def address(container: str) -> str:
-    """The container's address on the scenario's Docker network (reachable from the controller)."""
-    out = subprocess.run(
-        ["docker", "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}", container],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.split()
-    assert out, f"{container} has no address"
-    return out[0]
+def ssh() -> list[str]:
+    """ssh with the config playbooks/sandbox.yml wrote for the scenario's hosts (addresses, user,
+    key, host keys) in Molecule's ephemeral directory."""
+    directory = os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY")
+    assert directory, "run under Molecule, or set MOLECULE_EPHEMERAL_DIRECTORY"
+    return ["ssh", "-F", str(Path(directory) / "ssh" / "config")]
 
 
-def docker_exec(host: str, *argv: str) -> str:
-    return subprocess.run(["docker", "exec", host, *argv], check=True, capture_output=True, text=True).stdout
+def address(host: str) -> str:
+    """The host's address on the scenario's network (reachable from the controller)."""
+    out = subprocess.run([*ssh(), "-G", host], check=True, capture_output=True, text=True).stdout
+    return next(line.split()[1] for line in out.splitlines() if line.startswith("hostname "))
+
+
+def on_host(host: str, *argv: str) -> str:
+    """argv run as root on the host, over SSH as Ansible reaches it; its stdout."""
+    command = shlex.join(["sudo", *argv])
+    return subprocess.run([*ssh(), host, command], check=True, capture_output=True, text=True).stdout
 
 
 def revision(host: str) -> str:
     """The model revision the host's instance runs (its model link, as vllm_server keeps it)."""
-    link = docker_exec(host, "readlink", f"/var/lib/vllm-fleet/instances/{INSTANCE['name']}/model")
+    link = on_host(host, "readlink", f"/var/lib/vllm-fleet/instances/{INSTANCE['name']}/model")
     return Path(link.strip()).name
 
 

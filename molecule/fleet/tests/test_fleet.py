@@ -31,7 +31,7 @@ import urllib.request
 from typing import Any
 
 import pytest
-from fleet_scenario import GATEWAY, INSTANCE, UNIT, VLLM_HOSTS, address, docker_exec, revision, target
+from fleet_scenario import GATEWAY, INSTANCE, UNIT, VLLM_HOSTS, address, on_host, revision, target
 
 from vllm_fleet.loadgen import LoadGenerator
 from vllm_fleet.paths import cache_dir
@@ -57,17 +57,17 @@ def _gateway_url() -> str:
 
 
 def _main_pid(host: str) -> int:
-    return int(docker_exec(host, "systemctl", "show", "-p", "MainPID", "--value", UNIT))
+    return int(on_host(host, "systemctl", "show", "-p", "MainPID", "--value", UNIT))
 
 
 def _drained_lines() -> list[str]:
-    upstreams = docker_exec(GATEWAY, "cat", "/etc/nginx/vllm-fleet/upstreams.conf")
+    upstreams = on_host(GATEWAY, "cat", "/etc/nginx/vllm-fleet/upstreams.conf")
     return [line for line in upstreams.splitlines() if " down;" in line]
 
 
 def _started_at(host: str) -> float:
     """When the host's instance process started (seconds; the hosts share one kernel clock)."""
-    started = docker_exec(host, "systemctl", "show", "-p", "ExecMainStartTimestampMonotonic", "--value", UNIT)
+    started = on_host(host, "systemctl", "show", "-p", "ExecMainStartTimestampMonotonic", "--value", UNIT)
     return int(started) / 1e6
 
 
@@ -173,7 +173,7 @@ def test_a_second_converge_changes_nothing(run_playbook) -> None:
 def _stops_at_the_first_host_and_puts_it_back(run_playbook, extra: dict[str, Any]) -> str:
     """site.yml with `extra` under load: the first host fails, is put back; the rest untouched."""
     untouched = {h: _main_pid(h) for h in VLLM_HOSTS[1:]}
-    units = [docker_exec(h, "cat", f"/etc/systemd/system/{UNIT}") for h in VLLM_HOSTS]
+    units = [on_host(h, "cat", f"/etc/systemd/system/{UNIT}") for h in VLLM_HOSTS]
     (rc, output, _seconds), load = _under_load(lambda: run_playbook(SITE, extra, flat=True))
     assert rc != 0, output[-6000:]
     assert f"UPGRADE STOPPED at {VLLM_HOSTS[0]}" in output, output[-6000:]
@@ -181,7 +181,7 @@ def _stops_at_the_first_host_and_puts_it_back(run_playbook, extra: dict[str, Any
     # No client ever saw an error or the broken revision's answer (the gate comes first).
     assert load.report.failed == 0, _failures(load)
     assert [revision(h) for h in VLLM_HOSTS] == [SECOND] * len(VLLM_HOSTS)
-    assert [docker_exec(h, "cat", f"/etc/systemd/system/{UNIT}") for h in VLLM_HOSTS] == units
+    assert [on_host(h, "cat", f"/etc/systemd/system/{UNIT}") for h in VLLM_HOSTS] == units
     assert {h: _main_pid(h) for h in VLLM_HOSTS[1:]} == untouched
     assert _drained_lines() == []
     return output

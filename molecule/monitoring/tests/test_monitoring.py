@@ -41,7 +41,8 @@ LIVE = "tiny-a"
 @pytest.fixture(scope="module")
 def vllm_host() -> Any:
     inventory = os.environ["MOLECULE_INVENTORY_FILE"]
-    return testinfra.get_host(f"ansible://{VLLM_HOST}?ansible_inventory={inventory}")
+    # As root through sudo, as the verifier's own `host` (the SSH user is deploy).
+    return testinfra.get_host(f"ansible://{VLLM_HOST}?ansible_inventory={inventory}&sudo=true")
 
 
 @pytest.fixture(scope="module")

@@ -41,8 +41,9 @@ def hosts():
     import testinfra
 
     inventory = os.environ["MOLECULE_INVENTORY_FILE"]
+    # As root through sudo, as the verifier's own `host` (the SSH user is deploy).
     return {
-        name: testinfra.get_host(f"ansible://{name}?ansible_inventory={inventory}")
+        name: testinfra.get_host(f"ansible://{name}?ansible_inventory={inventory}&sudo=true")
         for name in (BUILDER, RECEIVER)
     }
 
