@@ -50,6 +50,7 @@ def _options(args: argparse.Namespace) -> RunOptions:
         check=args.check,
         diff=args.diff,
         verbosity=args.verbose,
+        mitogen=args.mitogen,
     )
 
 
@@ -284,6 +285,12 @@ def _add_run_options(parser: argparse.ArgumentParser, inventory: bool = True) ->
     parser.add_argument("--diff", action="store_true", help="show the differences in changed files")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more Ansible output (-vvv)")
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of progress")
+    parser.add_argument(
+        "--mitogen",
+        action="store_true",
+        help="run the plays with Mitogen's strategy: fewer round trips per task over SSH "
+        "(opt-in; needs the 'mitogen' extra)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from vllm_fleet.extras import MITOGEN, require
 from vllm_fleet.paths import (
     ansible_collection_paths,
     cache_dir,
@@ -50,6 +51,7 @@ class RunOptions:
     check: bool = False
     diff: bool = False
     verbosity: int = 0
+    mitogen: bool = False  # Mitogen's strategy (fewer round trips per task) instead of linear
 
 
 @dataclass
@@ -94,13 +96,29 @@ def ensure_collection_link(root: Path) -> None:
     link.symlink_to(Path("../../.."))
 
 
-def ansible_env(root: Path) -> dict[str, str]:
+def mitogen_env() -> dict[str, str]:
+    """What makes ansible-playbook run its linear plays with Mitogen's strategy.
+
+    Mitogen keeps one Python interpreter per host and sends each task's module over it, where
+    stock Ansible starts a process per task; plays with `serial` stay rolling as before.
+    """
+    require(MITOGEN, ("ansible_mitogen",), "--mitogen")
+    import ansible_mitogen
+
+    return {
+        "ANSIBLE_STRATEGY_PLUGINS": str(Path(ansible_mitogen.__file__).parent / "plugins" / "strategy"),
+        "ANSIBLE_STRATEGY": "mitogen_linear",
+    }
+
+
+def ansible_env(root: Path, mitogen: bool = False) -> dict[str, str]:
     """Environment of ansible-playbook for the collection at ``root``.
 
     A checkout's ansible.cfg names its own collections/ and .cache/facts. An installed
     collection is found through the collections path it was installed into, ahead of those
     Ansible is configured with (its dependencies may sit in either), and keeps its fact cache in
-    the controller's cache rather than inside the installed collection.
+    the controller's cache rather than inside the installed collection. ``mitogen``: with
+    Mitogen's strategy (mitogen_env).
     """
     env = {
         # ansible-runner starts ansible-playbook from PATH: use the one beside this interpreter.
@@ -116,6 +134,8 @@ def ansible_env(root: Path) -> dict[str, str]:
         paths += [str(p) for p in ansible_collection_paths(scan_sys_path=False) if str(p) not in paths]
         env["ANSIBLE_COLLECTIONS_PATH"] = os.pathsep.join(paths)
         env["ANSIBLE_CACHE_PLUGIN_CONNECTION"] = str(cache_dir() / "facts")
+    if mitogen:
+        env.update(mitogen_env())
     return env
 
 
@@ -202,8 +222,8 @@ def run_playbook(
         nonlocal interrupted
         interrupted = True
 
+    envvars = ansible_env(root, options.mitogen)
     previous = signal.signal(signal.SIGINT, on_sigint)
-    envvars = ansible_env(root)
     try:
         runner = ansible_runner.run(
             private_data_dir=str(private_data_dir),

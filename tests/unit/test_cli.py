@@ -72,3 +72,9 @@ def test_every_command_needs_an_inventory(capsys: pytest.CaptureFixture[str]) ->
             cli.main([command])
         assert exited.value.code == 2
         assert "--inventory" in capsys.readouterr().err
+
+
+def test_mitogen_is_opt_in_and_passed_through(recorded: list[dict[str, Any]]) -> None:
+    assert cli.main(["up", "-i", "inv"]) == EXIT_OK
+    assert cli.main(["up", "-i", "inv", "--mitogen"]) == EXIT_OK
+    assert [call["options"].mitogen for call in recorded] == [False, True]

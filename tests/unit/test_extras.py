@@ -1,4 +1,4 @@
-"""The builders are an extra: without it the builders and the GGUF import say which to install."""
+"""The optional extras: without one, the builders, the GGUF import and --mitogen say which to install."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from vllm_fleet import extras, gguf_import, smollm2
+from vllm_fleet import extras, gguf_import, runner, smollm2
 
 
 @pytest.fixture
@@ -87,3 +87,24 @@ def test_the_command_line_imports_no_builder() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
     assert out.strip() == "[]"
+
+
+def test_mitogen_env_points_ansible_at_mitogens_strategy() -> None:
+    env = runner.mitogen_env()
+    assert env["ANSIBLE_STRATEGY"] == "mitogen_linear"
+    assert (Path(env["ANSIBLE_STRATEGY_PLUGINS"]) / "mitogen_linear.py").is_file()
+    assert runner.ansible_env(Path("/repo"), mitogen=True).items() >= env.items()
+    assert "ANSIBLE_STRATEGY" not in runner.ansible_env(Path("/repo"))
+
+
+def test_mitogen_without_the_extra_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = importlib.util.find_spec
+
+    def find_spec(name: str, package: str | None = None) -> object:
+        return None if name == "ansible_mitogen" else real(name, package)
+
+    monkeypatch.setattr(extras, "find_spec", find_spec)
+    with pytest.raises(extras.MissingExtraError) as caught:
+        runner.mitogen_env()
+    assert str(caught.value).startswith("--mitogen needs ansible_mitogen")
+    assert "'vllm_fleet[mitogen]'" in str(caught.value)
