@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "molecule" / "fleet" / "tests"))
 
-from fleet_scenario import GATEWAY, INSTANCE, UNIT, VLLM_HOSTS, address, revision, target  # noqa: E402
+from fleet_scenario import GATEWAY, INSTANCE, UNIT, VLLM_HOSTS, address, on_host, revision, target  # noqa: E402
 
 from vllm_fleet.loadgen import LoadGenerator, LoadReport  # noqa: E402
 from vllm_fleet.paths import cache_dir  # noqa: E402
@@ -88,7 +88,7 @@ def serves(host: str, key: str) -> bool:
 def bare_restart(host: str, key: str) -> float:
     """Seconds from `systemctl restart` to the instance's first completion."""
     start = time.monotonic()
-    subprocess.run(["docker", "exec", host, "systemctl", "restart", UNIT], check=True)
+    on_host(host, "systemctl", "restart", UNIT)
     while not serves(host, key):
         time.sleep(0.5)
     return time.monotonic() - start
@@ -159,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-dir", type=Path, default=None, help="write each playbook's output here")
     args = parser.parse_args(argv)
     inventory = args.inventory or find_inventory()
+    # The scenario's ssh_config sits beside its inventory (fleet_scenario.ssh).
+    os.environ.setdefault("MOLECULE_EPHEMERAL_DIRECTORY", str(inventory.resolve().parent))
     key = (cache_dir() / "sandbox" / "api-key").read_text().strip()
     first = INSTANCE["revision"]
     if [revision(h) for h in VLLM_HOSTS] != [first] * len(VLLM_HOSTS):
