@@ -17,6 +17,7 @@ are taken round by round and their median printed.
     .venv/bin/python benchmarks/connections.py                      # 3 rounds, sections 1, 2, 4
     .venv/bin/python benchmarks/connections.py --fresh 1 --json /tmp/connections.json
     .venv/bin/python benchmarks/connections.py --skip-converge --skip-plan --rounds 5
+    .venv/bin/python benchmarks/connections.py --skip-per-task --skip-converge --skip-plan --fresh 2
 """
 
 from __future__ import annotations
@@ -110,23 +111,22 @@ def _playbook_seconds(playbook: Path, inventory: Path, options: list[str], env: 
     return time.monotonic() - started
 
 
-def _wrapper_seconds(*args: str) -> tuple[float, dict[str, Any]]:
-    """`vllm-fleet ARGS --json`: wall seconds and its document; fails unless it succeeded."""
+def _wrapper_seconds(*args: str) -> tuple[float, str]:
+    """`vllm-fleet ARGS`: wall seconds and its stdout; fails unless it succeeded."""
     started = time.monotonic()
     proc = subprocess.run(
-        [str(BIN / "vllm-fleet"), *args, "--json"], cwd=ROOT, capture_output=True, text=True, check=False
+        [str(BIN / "vllm-fleet"), *args], cwd=ROOT, capture_output=True, text=True, check=False
     )
     seconds = time.monotonic() - started
     if proc.returncode:
         raise SystemExit(f"vllm-fleet {' '.join(args)} failed (rc {proc.returncode}):\n{proc.stdout[-3000:]}")
-    document: dict[str, Any] = json.loads(proc.stdout) if proc.stdout.strip() else {}
-    return seconds, document
+    return seconds, proc.stdout
 
 
 def unchanged_converge(flags: list[str]) -> float:
     """`vllm-fleet up` of the converged sandbox; fails unless it changed nothing."""
-    seconds, document = _wrapper_seconds("up", "-i", str(SANDBOX), *flags)
-    changed = {host: stats["changed"] for host, stats in document["hosts"].items()}
+    seconds, out = _wrapper_seconds("up", "-i", str(SANDBOX), "--json", *flags)
+    changed = {host: stats["changed"] for host, stats in json.loads(out)["hosts"].items()}
     if any(changed.values()):
         raise SystemExit(f"the sandbox's converge changed something ({flags}): {changed}")
     return seconds
@@ -135,7 +135,10 @@ def unchanged_converge(flags: list[str]) -> float:
 def first_converge(flags: list[str]) -> float:
     """`vllm-fleet demo` from nothing (the sandbox removed first)."""
     _wrapper_seconds("demo", "--down")
-    return _wrapper_seconds("demo", *flags)[0]
+    seconds, out = _wrapper_seconds("demo", *flags)
+    if "answer:   The capital of France is Paris." not in out:
+        raise SystemExit(f"the demo did not answer as expected ({flags}):\n{out}")
+    return seconds
 
 
 def with_and_without_mitogen(
@@ -173,16 +176,19 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--tasks", type=int, default=30)
     parser.add_argument("--fresh", type=int, default=0, metavar="N", help="N first converges each way")
+    parser.add_argument("--skip-per-task", action="store_true", help="no seconds per task")
     parser.add_argument("--skip-converge", action="store_true", help="no unchanged converge of the sandbox")
     parser.add_argument("--skip-plan", action="store_true", help="no offline plan")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
 
-    figures: dict[str, Any] = {"per_task": per_task(args.rounds, args.tasks)}
-    print(f"\nseconds per task ({args.tasks} trivial tasks with sudo, one idle host; min/median/max):")
-    for side, s in figures["per_task"]["seconds_per_task"].items():
-        ratio = figures["per_task"]["ratio_to_ssh"][side]
-        print(f"  {side:12} {s['min']:.3f} / {s['median']:.3f} / {s['max']:.3f}   x ssh {ratio:.2f}")
+    figures: dict[str, Any] = {}
+    if not args.skip_per_task:
+        figures["per_task"] = per_task(args.rounds, args.tasks)
+        print(f"\nseconds per task ({args.tasks} trivial tasks with sudo, one idle host; min/median/max):")
+        for side, s in figures["per_task"]["seconds_per_task"].items():
+            ratio = figures["per_task"]["ratio_to_ssh"][side]
+            print(f"  {side:12} {s['min']:.3f} / {s['median']:.3f} / {s['max']:.3f}   x ssh {ratio:.2f}")
     if not args.skip_converge:
         figures["unchanged_converge"] = with_and_without_mitogen(
             args.rounds, "unchanged converge", unchanged_converge
