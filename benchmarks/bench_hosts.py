@@ -1,13 +1,14 @@
-"""What the role benchmarks share: sandbox hosts of their own, and one role run timed per task.
+"""What the benchmarks share: sandbox hosts of their own, one role run timed per task, figures.
 
-benchmarks/model_sync.py and benchmarks/python_env.py import it (run them as scripts: their
-folder is on sys.path).
+benchmarks/model_sync.py, python_env.py, plan.py and connections.py import it (run them as
+scripts: their folder is on sys.path).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -16,6 +17,16 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+
+
+def summary(runs: list[float]) -> dict[str, float]:
+    """min, median and max of one side's runs."""
+    return {"min": min(runs), "median": statistics.median(runs), "max": max(runs)}
+
+
+def paired_ratio(a: list[float], b: list[float]) -> float:
+    """Median of the round-by-round ratios a/b (the sides alternate within each round)."""
+    return round(statistics.median(x / y for x, y in zip(a, b, strict=True)), 3)
 
 
 def log(message: str) -> None:

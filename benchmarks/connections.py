@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -34,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import plan
-from bench_hosts import ROOT, ansible_env, log, sandbox, write_inventory
+from bench_hosts import ROOT, ansible_env, log, paired_ratio, sandbox, summary, write_inventory
 
 from vllm_fleet.runner import mitogen_env
 
@@ -44,15 +43,6 @@ HOST = "vllm-conn-bench-1"
 SANDBOX = ROOT / "inventories" / "sandbox"
 # How the per-task play reaches its host, each side's ansible-playbook options and environment.
 DOCKER = ["-e", "ansible_connection=community.docker.docker", "-e", "ansible_user=root"]
-
-
-def summary(runs: list[float]) -> dict[str, float]:
-    return {"min": min(runs), "median": statistics.median(runs), "max": max(runs)}
-
-
-def paired_ratio(a: list[float], b: list[float]) -> float:
-    """Median of the round-by-round ratios a/b."""
-    return round(statistics.median(x / y for x, y in zip(a, b, strict=True)), 3)
 
 
 def per_task(rounds: int, tasks: int) -> dict[str, Any]:
@@ -156,15 +146,7 @@ def with_and_without_mitogen(
 
 
 def offline_plan(rounds: int) -> dict[str, Any]:
-    sizes = (10, 200, 1000)
-    runs: dict[int, list[float]] = {n: [] for n in sizes}
-    with tempfile.TemporaryDirectory(prefix="connections-plan-") as tmp:
-        for n in sizes:
-            plan.write_inventory(Path(tmp) / f"hosts-{n}", n)
-        for round_ in range(1, rounds + 1):
-            for n in sizes:
-                runs[n].append(plan.plan_seconds(Path(tmp) / f"hosts-{n}", n))
-                log(f"round {round_}: offline plan of {n:>4} hosts {runs[n][-1]:.1f} s")
+    runs = plan.measure([10, 200, 1000], rounds)
     return {
         "seconds": {n: summary(r) for n, r in runs.items()},
         "ratio_to_10": {n: paired_ratio(r, runs[10]) for n, r in runs.items()},

@@ -18,12 +18,13 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from bench_hosts import paired_ratio, summary
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "inventories" / "production"
@@ -69,6 +70,20 @@ def plan_seconds(inventory: Path, hosts: int) -> float:
     return seconds
 
 
+def measure(sizes: list[int], rounds: int) -> dict[int, list[float]]:
+    """Each size's plan seconds, round by round (sizes in turn within each round)."""
+    with tempfile.TemporaryDirectory(prefix="vllm-fleet-plan-") as tmp:
+        inventories = {n: Path(tmp) / f"hosts-{n}" for n in sizes}
+        for n, directory in inventories.items():
+            write_inventory(directory, n)
+        runs: dict[int, list[float]] = {n: [] for n in sizes}
+        for round_ in range(1, rounds + 1):
+            for n in sizes:
+                runs[n].append(plan_seconds(inventories[n], n))
+                print(f"round {round_}: {n:>5} hosts {runs[n][-1]:7.1f} s", file=sys.stderr, flush=True)
+    return runs
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10, 200, 1000])
@@ -81,25 +96,11 @@ def main() -> int:
         write_inventory(args.write, args.hosts)
         return 0
 
-    with tempfile.TemporaryDirectory(prefix="vllm-fleet-plan-") as tmp:
-        inventories = {n: Path(tmp) / f"hosts-{n}" for n in args.sizes}
-        for n, directory in inventories.items():
-            write_inventory(directory, n)
-        runs: dict[int, list[float]] = {n: [] for n in args.sizes}
-        for round_ in range(1, args.rounds + 1):
-            for n in args.sizes:
-                runs[n].append(plan_seconds(inventories[n], n))
-                print(f"round {round_}: {n:>5} hosts {runs[n][-1]:7.1f} s", file=sys.stderr, flush=True)
-
+    runs = measure(args.sizes, args.rounds)
     smallest = min(args.sizes)
     figures = {
-        "seconds": {
-            n: {"min": min(t), "median": statistics.median(t), "max": max(t)} for n, t in runs.items()
-        },
-        "ratio_to_smallest": {
-            n: statistics.median(a / b for a, b in zip(runs[n], runs[smallest], strict=True))
-            for n in args.sizes
-        },
+        "seconds": {n: summary(t) for n, t in runs.items()},
+        "ratio_to_smallest": {n: paired_ratio(runs[n], runs[smallest]) for n in args.sizes},
     }
     print(f"{'hosts':>6} {'min s':>8} {'median s':>9} {'max s':>8} {'x ' + str(smallest):>8}")
     for n in args.sizes:
