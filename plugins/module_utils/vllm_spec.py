@@ -65,6 +65,13 @@ QUANTIZATIONS = (
 )  # fmt: skip
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 ENV_NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Served names as clients know them: hub ids (Qwen/Qwen2.5-7B-Instruct), Ollama-style tags
+# (llama3:8b), any case. The gateway routes by the request body, where any string works; the
+# name also sits in the unit's command line and a gateway path prefix (/<name>/v1), so nothing
+# systemd expands (%, $, quotes, backslash, spaces) and no empty, '.' or '..' part between '/'.
+SERVED_NAME_PATTERN = re.compile(
+    r"^(?=.{1,256}$)[A-Za-z0-9][A-Za-z0-9._:@+-]*(/[A-Za-z0-9][A-Za-z0-9._:@+-]*)*$"
+)
 # Flags the spec owns: passing them again through extra_args would contradict the spec.
 OWNED_FLAGS = (
     "--model", "--port", "--host", "--served-model-name", "--tensor-parallel-size",
@@ -195,10 +202,11 @@ def validate_instance(spec: Any, index: int | None = None) -> list[str]:
             f"{label}: 'name' must match {NAME_PATTERN.pattern} (lower case, digits, '_', '.', '-')"
         )
     served = spec.get("served_model_name")
-    if served is not None and not (isinstance(served, str) and served and _one_line(served)):
+    if served is not None and not (isinstance(served, str) and SERVED_NAME_PATTERN.match(served)):
         errors.append(
-            f"{label}: 'served_model_name' must be a non-empty string on one line or unset "
-            f"(the model's name), got {served!r}"
+            f"{label}: 'served_model_name' must be unset (the model's name) or 1-256 letters, digits, "
+            f"'.', '_', '-', ':', '@', '+', in parts separated by '/' that start with a letter or "
+            f"digit (e.g. Qwen/Qwen2.5-7B-Instruct, llama3:8b), got {served!r}"
         )
     if not (isinstance(s["host"], str) and s["host"] and _one_line(s["host"]) and " " not in s["host"]):
         errors.append(f"{label}: 'host' must be an address to bind (e.g. 0.0.0.0, ::), got {s['host']!r}")

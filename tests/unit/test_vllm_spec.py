@@ -131,12 +131,29 @@ def test_defaults_leave_vllm_defaults_alone():
             "'environment' must be the name of one of the host's python_env_environments",
         ),
         ({"environment": "Bad Name"}, "'environment'"),
+        # Served names: what systemd would expand, empty or dot parts, spaces, over 256.
+        ({"served_model_name": "has space"}, "'served_model_name' must be unset"),
+        ({"served_model_name": "100%"}, "'served_model_name'"),
+        ({"served_model_name": "$HOME"}, "'served_model_name'"),
+        ({"served_model_name": "org//model"}, "'served_model_name'"),
+        ({"served_model_name": "org/../model"}, "'served_model_name'"),
+        ({"served_model_name": "model/"}, "'served_model_name'"),
+        ({"served_model_name": "a" * 257}, "'served_model_name'"),
+        ({"served_model_name": ""}, "'served_model_name'"),
+        ({"served_model_name": ["a", "b"]}, "'served_model_name'"),
     ],
 )
 def test_invalid_specs_name_the_setting(change, setting):
     errors = vllm_spec.validate_instance({**BASE, **change})
     assert errors, change
     assert any(setting in e for e in errors), errors
+
+
+@pytest.mark.parametrize(
+    "name", ["Qwen/Qwen2.5-7B-Instruct", "llama3:8b", "org/Model.v2@main", "gpt-4o+lora", "A" * 256]
+)
+def test_served_names_clients_use_pass(name):
+    assert vllm_spec.validate_instance({**BASE, "served_model_name": name}) == []
 
 
 def test_flags_and_variables_the_spec_does_not_own_pass():
