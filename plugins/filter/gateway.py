@@ -8,6 +8,7 @@ from ansible_collections.vllm_fleet.serving.plugins.module_utils.gateway import 
     api_keys,
     backends,
     errors,
+    routes,
     upstreams,
 )
 
@@ -21,4 +22,5 @@ class FilterModule:
             "gateway_upstreams": upstreams,
             "gateway_api_keys": api_keys,
             "gateway_errors": errors,
+            "gateway_routes": routes,
         }

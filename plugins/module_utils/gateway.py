@@ -18,9 +18,6 @@ from ansible_collections.vllm_fleet.serving.plugins.module_utils.vllm_spec impor
     with_defaults,
 )
 
-# Served names become path prefixes (/<name>/v1/...) and parts of nginx identifiers: no
-# spaces, quotes, braces, semicolons or anything else nginx or a URL would read differently.
-SERVED_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*$")
 # Names the backend host of each upstream server line (for people reading the file).
 HOST_MARKER = "# vllm-fleet host="
 
@@ -58,8 +55,10 @@ def upstreams(backend_list: list[dict[str, Any]], default_model: str = "") -> li
     """One upstream per served model name, sorted by name.
 
     Each: ``model`` (served name), ``upstream`` (nginx identifier), ``servers`` (host, address,
-    port, instance), ``default`` (served at /v1 without a prefix: ``default_model``, else the
-    first name), ``keyed`` (whether clients need a key for it).
+    port, instance), ``prefix`` (its path prefix, '' for names that would shadow OpenAI's
+    paths), ``default`` (where a request that names no model goes: ``default_model``,
+    else the only served name; none when several are served), ``keyed`` (whether clients need
+    a key for it).
     """
     by_model: dict[str, list[dict[str, Any]]] = {}
     keyed: dict[str, bool] = {}
@@ -76,7 +75,9 @@ def upstreams(backend_list: list[dict[str, Any]], default_model: str = "") -> li
             )
             keyed[model] = keyed.get(model, False) or bool(_instance_key(backend, spec["name"]))
     names = sorted(by_model)
-    default = default_model or (names[0] if names else "")
+    default = default_model or (names[0] if len(names) == 1 else "")
+    # A name like v1/chat would take OpenAI's own paths (/v1/chat/...): routed by body only.
+    reserved = re.compile(r"^v[0-9]+(/|$)")
     taken: set[str] = set()
     return [
         {
@@ -85,9 +86,19 @@ def upstreams(backend_list: list[dict[str, Any]], default_model: str = "") -> li
             "servers": sorted(by_model[name], key=lambda s: (s["host"], s["port"])),
             "default": name == default,
             "keyed": keyed[name],
+            "prefix": "" if reserved.match(name) else f"/{name}/",
         }
         for name in names
     ]
+
+
+def routes(upstream_list: list[dict[str, Any]]) -> dict[str, Any]:
+    """The gateway's routing table (rendered into routes.js for its njs router): each served name's
+    upstream and whether it needs a key, and the default model ('' if none)."""
+    return {
+        "models": {u["model"]: {"upstream": u["upstream"], "keyed": u["keyed"]} for u in upstream_list},
+        "default": next((u["model"] for u in upstream_list if u["default"]), ""),
+    }
 
 
 def _instance_key(backend: Mapping[str, Any], instance: str) -> str:
@@ -109,15 +120,10 @@ def errors(backend_list: list[dict[str, Any]], default_model: str = "") -> list[
     """Why the fleet cannot be put behind the gateway (empty: it can). Never shows a key."""
     found = []
     served = set()
+    # Served names are the instance spec's to check (vllm_spec, in the plan).
     for backend in backend_list:
         for spec in backend["instances"]:
-            name = str(spec["served_model_name"])
-            served.add(name)
-            if not SERVED_NAME_PATTERN.match(name):
-                found.append(
-                    f"{backend['host']}: instance {spec['name']}: served_model_name {name!r} cannot be a "
-                    "gateway path: use letters, digits, '.', '_', '-' and '/' between parts"
-                )
+            served.add(str(spec["served_model_name"]))
             key = _instance_key(backend, spec["name"])
             if key and not API_KEY_PATTERN.match(key):
                 found.append(

@@ -41,10 +41,28 @@ def test_one_upstream_per_served_name_with_every_host() -> None:
     coder, smol = ups
     assert coder["servers"] == [{"host": "h2", "address": "h2.lan", "port": 8001, "instance": "code"}]
     assert [s["host"] for s in smol["servers"]] == ["h1", "h2"]
-    # The first name in sort order is served at /v1 unless one is named.
-    assert coder["default"] and not smol["default"]
+    # Several served names and none named: no default (a request must name its model).
+    assert not coder["default"] and not smol["default"]
     assert [u["default"] for u in gateway.upstreams(backends, "smollm2-135m-instruct")] == [False, True]
+    # One served name: it is the default.
+    assert gateway.upstreams([_backend("h1", SPEC)])[0]["default"]
     assert all(re.fullmatch(r"vllm_\w+", u["upstream"]) for u in ups)
+    assert [u["prefix"] for u in ups] == ["/coder/", "/smollm2-135m-instruct/"]
+
+
+def test_routes_table_and_names_that_would_shadow_openai_paths() -> None:
+    hub = {**SPEC, "served_model_name": "Qwen/Qwen2.5-7B-Instruct"}
+    shadow = {**SPEC, "name": "v1", "served_model_name": "v1/chat", "port": 8001}
+    ups = gateway.upstreams([_backend("h", hub, shadow, key="k")], "Qwen/Qwen2.5-7B-Instruct")
+    assert [u["prefix"] for u in ups] == ["/Qwen/Qwen2.5-7B-Instruct/", ""]
+    assert gateway.routes(ups) == {
+        "models": {
+            "Qwen/Qwen2.5-7B-Instruct": {"upstream": "vllm_Qwen_Qwen2_5_7B_Instruct", "keyed": True},
+            "v1/chat": {"upstream": "vllm_v1_chat", "keyed": True},
+        },
+        "default": "Qwen/Qwen2.5-7B-Instruct",
+    }
+    assert gateway.routes(gateway.upstreams([_backend("h", hub, shadow)]))["default"] == ""
 
 
 def test_upstream_identifiers_stay_distinct() -> None:
@@ -70,13 +88,11 @@ def test_keys_per_model_instance_key_overrides_host_key() -> None:
 
 
 def test_errors_name_the_setting_and_never_the_key() -> None:
-    bad_name = {**SPEC, "served_model_name": "has space"}
     secret = 'se"cret'
-    found = gateway.errors([_backend("h1", bad_name, key=secret)], "missing")
-    assert len(found) == 3
-    assert "served_model_name 'has space'" in found[0]
-    assert "vllm_server_api_key" in found[1]
-    assert "gateway_default_model 'missing'" in found[2]
+    found = gateway.errors([_backend("h1", SPEC, key=secret)], "missing")
+    assert len(found) == 2
+    assert "vllm_server_api_key" in found[0]
+    assert "gateway_default_model 'missing'" in found[1]
     assert not any(secret in line for line in found)
     assert gateway.errors([_backend("h1", SPEC, key="abc.DEF-123_~+/=")]) == []
 
