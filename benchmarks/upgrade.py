@@ -39,6 +39,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "molecule"))
 sys.path.insert(0, str(ROOT / "molecule" / "fleet" / "tests"))
 
 from fleet_scenario import GATEWAY, INSTANCE, UNIT, VLLM_HOSTS, address, on_host, revision, target  # noqa: E402

@@ -1,18 +1,17 @@
 """What the fleet scenario's tests and benchmarks/upgrade.py both need to know of its hosts.
 
-The hosts, the instance every vLLM host serves (host_vars/), how to reach a host, which
-model revision a host runs, and the extra vars that make a revision the fleet's target.
+The hosts, the instance every vLLM host serves (host_vars/), how to reach a host (scenario_hosts,
+shared by every scenario), which model revision a host runs, and the extra vars that make a
+revision the fleet's target.
 """
 
 from __future__ import annotations
 
-import os
-import shlex
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import yaml
+from scenario_hosts import address, on_host
 
 from vllm_fleet.paths import cache_dir
 
@@ -22,26 +21,7 @@ VLLM_HOSTS = ("fleet-vllm-1", "fleet-vllm-2", "fleet-vllm-3")
 GATEWAY = "fleet-gateway"
 INSTANCE: dict[str, Any] = HOST_VARS["vllm_server_instances"][0]
 UNIT = f"vllm-{INSTANCE['name']}.service"
-
-
-def ssh() -> list[str]:
-    """ssh with the config playbooks/sandbox.yml wrote for the scenario's hosts (addresses, user,
-    key, host keys) in Molecule's ephemeral directory."""
-    directory = os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY")
-    assert directory, "run under Molecule, or set MOLECULE_EPHEMERAL_DIRECTORY"
-    return ["ssh", "-F", str(Path(directory) / "ssh" / "config")]
-
-
-def address(host: str) -> str:
-    """The host's address on the scenario's network (reachable from the controller)."""
-    out = subprocess.run([*ssh(), "-G", host], check=True, capture_output=True, text=True).stdout
-    return next(line.split()[1] for line in out.splitlines() if line.startswith("hostname "))
-
-
-def on_host(host: str, *argv: str) -> str:
-    """argv run as root on the host, over SSH as Ansible reaches it; its stdout."""
-    command = shlex.join(["sudo", *argv])
-    return subprocess.run([*ssh(), host, command], check=True, capture_output=True, text=True).stdout
+__all__ = ["GATEWAY", "INSTANCE", "UNIT", "VLLM_HOSTS", "address", "on_host", "revision", "target"]
 
 
 def revision(host: str) -> str:
