@@ -1,0 +1,152 @@
+"""One base URL for the whole fleet, for real: the gateway's router (njs inside the distribution's
+nginx) sends each request to the servers of the model its JSON body names.
+
+1. /v1/models through the gateway lists every served model, as the instances list themselves;
+2. each model answers through http://GATEWAY/v1 exactly as its own instance does (temperature 0),
+   non-streaming and streaming, and the answer names it: routing by body, not by path;
+3. the path prefix /<served name>/v1 (a name with a slash, a dot, a colon, capitals) reaches that
+   model whatever the body says;
+4. a model nobody serves gets 404 with an OpenAI-style error naming it and the served ones; a
+   request that names no model (two are served, no default) or names it with a non-string, 400;
+5. without a valid key every path is 401, also the ones vLLM leaves open (/metrics, /health).
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+import yaml
+from openai import OpenAI
+from scenario_hosts import address
+
+from vllm_fleet.paths import cache_dir
+
+HOST_VARS = Path(__file__).resolve().parents[1] / "host_vars" / "gateway-vllm-1.yml"
+SPECS: list[dict[str, Any]] = yaml.safe_load(HOST_VARS.read_text())["vllm_server_instances"]
+NAMES = sorted(spec["served_model_name"] for spec in SPECS)
+# The served name with a slash, dots, a colon and capitals.
+HUB_NAME = "Tiny/Llama.v1:seed0"
+PROMPT = "The capital of France is"
+
+
+@pytest.fixture(scope="module")
+def api_key() -> str:
+    return (cache_dir() / "sandbox" / "api-key").read_text().strip()
+
+
+@pytest.fixture(scope="module")
+def gateway_url() -> str:
+    return f"http://{address('gateway-gw')}"
+
+
+@pytest.fixture(scope="module")
+def gateway(gateway_url: str, api_key: str) -> OpenAI:
+    return OpenAI(base_url=f"{gateway_url}/v1", api_key=api_key, timeout=120, max_retries=0)
+
+
+@pytest.fixture(scope="module")
+def direct(api_key: str) -> dict[str, OpenAI]:
+    """A client straight to each model's own instance (its port on the vLLM host)."""
+    host = address("gateway-vllm-1")
+    return {
+        spec["served_model_name"]: OpenAI(
+            base_url=f"http://{host}:{spec['port']}/v1", api_key=api_key, timeout=120, max_retries=0
+        )
+        for spec in SPECS
+    }
+
+
+def _request(url: str, method: str, body: dict[str, Any], key: str = "") -> tuple[int, dict[str, Any]]:
+    """A raw request with a JSON body (what the OpenAI client would not send): status, JSON answer."""
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})}
+    request = urllib.request.Request(url, json.dumps(body).encode(), headers, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=60) as reply:
+            return reply.status, json.loads(reply.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def _complete(client: OpenAI, model: str) -> tuple[str, str]:
+    """The answer's text and the model it names (8 tokens at temperature 0)."""
+    reply = client.completions.create(model=model, prompt=PROMPT, max_tokens=8, temperature=0)
+    return reply.choices[0].text, reply.model
+
+
+def _stream(client: OpenAI, model: str) -> str:
+    chunks = client.completions.create(model=model, prompt=PROMPT, max_tokens=8, temperature=0, stream=True)
+    return "".join(chunk.choices[0].text for chunk in chunks if chunk.choices)
+
+
+def test_models_lists_every_served_model(gateway: OpenAI, direct: dict[str, OpenAI]) -> None:
+    listed = {model.id: model for model in gateway.models.list().data}
+    assert sorted(listed) == NAMES
+    # As each instance lists itself (vLLM's own fields; `created` and the permission's id are
+    # made anew for every answer).
+    fields = ("id", "object", "owned_by", "root", "parent", "max_model_len")
+    for name, client in direct.items():
+        own = client.models.list().data[0].model_dump()
+        assert own["id"] == name
+        assert {f: listed[name].model_dump().get(f) for f in fields} == {f: own.get(f) for f in fields}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_each_model_answers_through_one_base_url(
+    gateway: OpenAI, direct: dict[str, OpenAI], name: str
+) -> None:
+    expected = _complete(direct[name], name)[0]
+    text, model = _complete(gateway, name)
+    assert (text, model) == (expected, name)
+    assert _stream(gateway, name) == expected
+    print(f"\n{name!r} through the gateway: {text!r}")
+
+
+def test_the_two_models_answer_differently(direct: dict[str, OpenAI]) -> None:
+    # Otherwise the test above could not tell a misrouted request from a routed one.
+    answers = {_complete(client, name)[0] for name, client in direct.items()}
+    assert len(answers) == len(NAMES), answers
+
+
+def test_path_prefix_reaches_its_model_whatever_the_body_says(
+    gateway_url: str, api_key: str, direct: dict[str, OpenAI]
+) -> None:
+    prefixed = OpenAI(base_url=f"{gateway_url}/{HUB_NAME}/v1", api_key=api_key, timeout=120, max_retries=0)
+    assert _complete(prefixed, HUB_NAME) == _complete(direct[HUB_NAME], HUB_NAME)
+    # The other model's name in the body: still the prefix's server, which does not serve it.
+    with pytest.raises(openai.NotFoundError):
+        _complete(prefixed, "wide")
+
+
+def test_unknown_model_gets_404_naming_it_and_the_served_ones(gateway: OpenAI) -> None:
+    with pytest.raises(openai.NotFoundError) as raised:
+        _complete(gateway, "no-such-model")
+    error = raised.value.body
+    assert isinstance(error, dict), error
+    assert "no-such-model" in error["message"] and all(name in error["message"] for name in NAMES)
+    assert error["param"] == "model" and error["code"] == 404
+
+
+@pytest.mark.parametrize("body", [{"prompt": PROMPT, "max_tokens": 1}, {"model": 5, "prompt": PROMPT}])
+def test_a_request_naming_no_model_gets_400(gateway_url: str, api_key: str, body: dict[str, Any]) -> None:
+    status, answer = _request(f"{gateway_url}/v1/completions", "POST", body, api_key)
+    assert status == 400, answer
+    error = answer["error"]
+    assert error["param"] == "model" and error["type"] == "invalid_request_error"
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("GET", "/v1/models"), ("POST", "/v1/completions"), ("GET", "/metrics"), ("GET", "/health"),
+     ("GET", f"/{HUB_NAME}/metrics"), ("POST", "/wide/v1/completions")],
+)  # fmt: skip
+@pytest.mark.parametrize("key", ["", "wrong-key"])
+def test_every_path_needs_a_valid_key(gateway_url: str, method: str, path: str, key: str) -> None:
+    status, answer = _request(f"{gateway_url}{path}", method, {"model": "wide", "prompt": PROMPT}, key)
+    assert status == 401, answer
+    assert answer["error"]["code"] == 401
