@@ -31,6 +31,9 @@ from typing import Any
 
 from bench_hosts import log, paired_ratio, ssh_config, summary
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "molecule"))
+from scenario_hosts import address, ssh
+
 # vllm bench serve's fields, as it saves them (--save-result).
 FIGURES = {
     "request_throughput": "requests/s",
@@ -49,19 +52,10 @@ BENCH = (
 
 
 def _ssh(args: argparse.Namespace, host: str, command: str) -> str:
-    done = subprocess.run(
-        ["ssh", "-F", str(args.ssh_config), host, command], capture_output=True, text=True, check=False
-    )
+    done = subprocess.run([*ssh(args.ssh_config), host, command], capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise SystemExit(f"ssh {host} {command[:200]}... failed:\n{done.stdout[-2000:]}{done.stderr[-3000:]}")
     return done.stdout
-
-
-def _address(args: argparse.Namespace, host: str) -> str:
-    out = subprocess.run(
-        ["ssh", "-F", str(args.ssh_config), "-G", host], capture_output=True, text=True, check=True
-    ).stdout
-    return next(line.split()[1] for line in out.splitlines() if line.startswith("hostname "))
 
 
 def bench(args: argparse.Namespace, base_url: str, name: str) -> dict[str, Any]:
@@ -107,7 +101,10 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="write every round's figures here")
     args = parser.parse_args()
 
-    sides = {"gateway": f"http://{_address(args, args.gateway)}", "direct": f"http://127.0.0.1:{args.port}"}
+    sides = {
+        "gateway": f"http://{address(args.gateway, args.ssh_config)}",
+        "direct": f"http://127.0.0.1:{args.port}",
+    }
     runs: dict[str, list[dict[str, Any]]] = {side: [] for side in sides}
     for round_ in range(args.rounds):
         # Alternate which side goes first, so that a drift of the machine hits both alike.

@@ -2,7 +2,7 @@
 playbooks/sandbox.yml wrote into Molecule's ephemeral directory (addresses, user, key, host keys).
 
 Importable from every molecule/<scenario>/tests (pytest puts this directory, conftest.py's, on
-the path) and from benchmarks that put it there themselves.
+the path) and from benchmarks that put it there themselves (with the sandbox's config).
 """
 
 from __future__ import annotations
@@ -13,16 +13,18 @@ import subprocess
 from pathlib import Path
 
 
-def ssh() -> list[str]:
-    """ssh with the scenario's config."""
-    directory = os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY")
-    assert directory, "run under Molecule, or set MOLECULE_EPHEMERAL_DIRECTORY"
-    return ["ssh", "-F", str(Path(directory) / "ssh" / "config")]
+def ssh(config: Path | None = None) -> list[str]:
+    """ssh with the scenario's config (or another fleet's, e.g. the sandbox's)."""
+    if config is None:
+        directory = os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY")
+        assert directory, "run under Molecule, or set MOLECULE_EPHEMERAL_DIRECTORY"
+        config = Path(directory) / "ssh" / "config"
+    return ["ssh", "-F", str(config)]
 
 
-def address(host: str) -> str:
-    """The host's address on the scenario's network (reachable from the controller)."""
-    out = subprocess.run([*ssh(), "-G", host], check=True, capture_output=True, text=True).stdout
+def address(host: str, config: Path | None = None) -> str:
+    """The host's address on the fleet's network (reachable from the controller)."""
+    out = subprocess.run([*ssh(config), "-G", host], check=True, capture_output=True, text=True).stdout
     return next(line.split()[1] for line in out.splitlines() if line.startswith("hostname "))
 
 

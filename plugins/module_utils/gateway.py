@@ -18,6 +18,8 @@ from ansible_collections.vllm_fleet.serving.plugins.module_utils.vllm_spec impor
     with_defaults,
 )
 
+# A served name like v1/chat would take OpenAI's own paths (/v1/chat/...): routed by body only.
+PREFIX_SHADOWS_OPENAI = re.compile(r"^v[0-9]+(/|$)")
 # Names the backend host of each upstream server line (for people reading the file).
 HOST_MARKER = "# vllm-fleet host="
 
@@ -76,8 +78,6 @@ def upstreams(backend_list: list[dict[str, Any]], default_model: str = "") -> li
             keyed[model] = keyed.get(model, False) or bool(_instance_key(backend, spec["name"]))
     names = sorted(by_model)
     default = default_model or (names[0] if len(names) == 1 else "")
-    # A name like v1/chat would take OpenAI's own paths (/v1/chat/...): routed by body only.
-    reserved = re.compile(r"^v[0-9]+(/|$)")
     taken: set[str] = set()
     return [
         {
@@ -86,7 +86,7 @@ def upstreams(backend_list: list[dict[str, Any]], default_model: str = "") -> li
             "servers": sorted(by_model[name], key=lambda s: (s["host"], s["port"])),
             "default": name == default,
             "keyed": keyed[name],
-            "prefix": "" if reserved.match(name) else f"/{name}/",
+            "prefix": "" if PREFIX_SHADOWS_OPENAI.match(name) else f"/{name}/",
         }
         for name in names
     ]
