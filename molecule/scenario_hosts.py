@@ -7,9 +7,13 @@ the path) and from benchmarks that put it there themselves (with the sandbox's c
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
+import socket
 import subprocess
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -32,3 +36,30 @@ def on_host(host: str, *argv: str) -> str:
     """argv run as root on the host, over SSH as Ansible reaches it; its stdout."""
     command = shlex.join(["sudo", *argv])
     return subprocess.run([*ssh(), host, command], check=True, capture_output=True, text=True).stdout
+
+
+@contextlib.contextmanager
+def tunnel(host: str, port: int, config: Path | None = None) -> Iterator[int]:
+    """A local port forwarded over SSH to the host's own 127.0.0.1:port, for as long as the block
+    runs: how a test reaches an instance port that the host's firewall keeps from the controller."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        local = probe.getsockname()[1]
+    forward_spec = f"127.0.0.1:{local}:127.0.0.1:{port}"
+    forward = subprocess.Popen(
+        [*ssh(config), "-N", "-o", "ExitOnForwardFailure=yes", "-L", forward_spec, host]
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if forward.poll() is not None:
+                raise RuntimeError(f"ssh -L to {host}:{port} exited with {forward.returncode}")
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", local), timeout=1):
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"ssh -L to {host}:{port} did not listen within 30 s")
+            time.sleep(0.2)
+        yield local
+    finally:
+        forward.terminate()
+        forward.wait(timeout=10)

@@ -21,6 +21,9 @@ HOST_INPUTS = {
     "instance_root": "vllm_server_instance_dir",
     "shutdown_timeout": "vllm_server_shutdown_timeout",
     "golden_prompts": "vllm_server_golden_prompts",
+    "firewall": "vllm_server_firewall",
+    "firewall_groups": "vllm_server_firewall_groups",
+    "firewall_allow": "vllm_server_firewall_allow",
 }
 # The API keys, only checked (never returned): read from the host's variables, never passed as
 # task arguments (which events and artifacts may record); unset, they are the role's defaults.
@@ -78,7 +81,8 @@ class ActionModule(ActionBase):
             view = hostvars[host]
             other_instances |= instance_names(view[var] if var in view else defaults[var])
 
-        plans = plan_fleet(inputs, other_instances=other_instances)
+        inventory = {group: list(hosts) for group, hosts in (task_vars.get("groups") or {}).items()}
+        plans = plan_fleet(inputs, other_instances=other_instances, inventory=inventory)
         refused = [f"{host}: {failure}" for host, plan in plans.items() for failure in plan["failures"]]
         result.update(changed=False, plans=plans, refused=refused)
         return result

@@ -6,6 +6,7 @@ from typing import Any
 
 from ansible_collections.vllm_fleet.serving.plugins.module_utils.status import status_rows
 from ansible_collections.vllm_fleet.serving.plugins.module_utils.vllm_spec import (
+    served_names,
     server_argv,
     server_environment,
     systemd_quote,
@@ -21,6 +22,7 @@ class FilterModule:
         return {
             "vllm_instance": with_defaults,
             "vllm_instances_errors": validate_instances,
+            "vllm_served_names": served_names,
             "vllm_server_argv": server_argv,
             "vllm_server_env": server_environment,
             "systemd_quote": systemd_quote,

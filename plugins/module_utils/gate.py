@@ -2,7 +2,7 @@
 
 Ready (after every start): the unit runs and has not been restarted by systemd since the gate
 began (a flag or setting that vLLM refuses makes it exit at once; Restart=on-failure would hide
-that), /health answers 200, /v1/models lists the served name, one token is generated, and each
+that), /health answers 200, /v1/models lists the served names, one token is generated, and each
 golden prompt gets its known answer (module_utils/golden.py). /health alone is not readiness:
 it answers 200 while the engine cannot generate, and on damaged weights.
 
@@ -28,6 +28,7 @@ from ansible_collections.vllm_fleet.serving.plugins.module_utils.golden import (
     passes,
     with_defaults,
 )
+from ansible_collections.vllm_fleet.serving.plugins.module_utils.vllm_spec import served_names
 
 # systemctl show -p ... -> {property: value}; journal(name, lines) -> the unit's last log lines.
 UnitState = Callable[[str], Mapping[str, str]]
@@ -79,11 +80,12 @@ def _json(text: str) -> Any:
 
 
 class Instance:
-    """One instance as the gates see it: name, port, served name, key."""
+    """One instance as the gates see it: name, port, served names (the first asked), key."""
 
     def __init__(self, spec: Mapping[str, Any], key: str) -> None:
         self.name = str(spec["name"])
-        self.served = str(spec["served_model_name"])
+        self.names = served_names(spec)
+        self.served = self.names[0]
         self.base = f"http://127.0.0.1:{int(spec['port'])}"
         self.key = key
 
@@ -133,12 +135,14 @@ def wait_ready(
 
 
 def check_serving(instance: Instance, golden: Mapping[str, Any] | None) -> dict[str, Any]:
-    """After /health: the served name is listed, a token comes, the golden answer is right."""
+    """After /health: the served names are listed, a token comes, the golden answer is right."""
     status, body = request(f"{instance.base}/v1/models", instance.key)
     listed = [m.get("id") for m in ((_json(body) or {}).get("data") or []) if isinstance(m, Mapping)]
-    if instance.served not in listed:
+    missing = [name for name in instance.names if name not in listed]
+    if missing:
         raise GateFailed(
-            f"instance {instance.name}: /v1/models (HTTP {status}) lists {listed}, not {instance.served!r}"
+            f"instance {instance.name}: /v1/models (HTTP {status}) lists {listed}, "
+            f"not {', '.join(map(repr, missing))}"
         )
     completion = {"model": instance.served, "prompt": "Hello", "max_tokens": 1, "temperature": 0}
     status, body = request(f"{instance.base}/v1/completions", instance.key, completion, timeout=120)

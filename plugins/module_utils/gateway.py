@@ -15,6 +15,7 @@ from typing import Any
 
 from ansible_collections.vllm_fleet.serving.plugins.module_utils.vllm_spec import (
     API_KEY_PATTERN,
+    served_names,
     with_defaults,
 )
 
@@ -66,16 +67,16 @@ def upstreams(backend_list: list[dict[str, Any]], default_model: str = "") -> li
     keyed: dict[str, bool] = {}
     for backend in backend_list:
         for spec in backend["instances"]:
-            model = str(spec["served_model_name"])
-            by_model.setdefault(model, []).append(
-                {
-                    "host": backend["host"],
-                    "address": backend["address"],
-                    "port": int(spec["port"]),
-                    "instance": spec["name"],
-                }
-            )
-            keyed[model] = keyed.get(model, False) or bool(_instance_key(backend, spec["name"]))
+            for model in served_names(spec):
+                by_model.setdefault(model, []).append(
+                    {
+                        "host": backend["host"],
+                        "address": backend["address"],
+                        "port": int(spec["port"]),
+                        "instance": spec["name"],
+                    }
+                )
+                keyed[model] = keyed.get(model, False) or bool(_instance_key(backend, spec["name"]))
     names = sorted(by_model)
     default = default_model or (names[0] if len(names) == 1 else "")
     taken: set[str] = set()
@@ -111,8 +112,8 @@ def api_keys(backend_list: list[dict[str, Any]]) -> dict[str, list[str]]:
     for backend in backend_list:
         for spec in backend["instances"]:
             key = _instance_key(backend, spec["name"])
-            if key:
-                keys.setdefault(str(spec["served_model_name"]), set()).add(key)
+            for model in served_names(spec) if key else []:
+                keys.setdefault(model, set()).add(key)
     return {model: sorted(found) for model, found in sorted(keys.items())}
 
 
@@ -123,7 +124,7 @@ def errors(backend_list: list[dict[str, Any]], default_model: str = "") -> list[
     # Served names are the instance spec's to check (vllm_spec, in the plan).
     for backend in backend_list:
         for spec in backend["instances"]:
-            served.add(str(spec["served_model_name"]))
+            served.update(served_names(spec))
             key = _instance_key(backend, spec["name"])
             if key and not API_KEY_PATTERN.match(key):
                 found.append(

@@ -21,6 +21,7 @@ from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any
 
+from ansible_collections.vllm_fleet.serving.plugins.module_utils.firewall import errors as firewall_errors
 from ansible_collections.vllm_fleet.serving.plugins.module_utils.golden import prompt_errors
 from ansible_collections.vllm_fleet.serving.plugins.module_utils.vllm_spec import (
     key_errors,
@@ -456,6 +457,7 @@ def plan_fleet(
     hosts: Mapping[str, Mapping[str, Any]],
     read_model: Callable[[str], dict[str, Any]] = read_model_facts,
     other_instances: Collection[str] = (),
+    inventory: Mapping[str, Collection[str]] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """The plan of every host at once, each model directory read once for the whole fleet.
 
@@ -464,6 +466,8 @@ def plan_fleet(
     model_sync_models), `instance_root`, `shutdown_timeout`, `golden_prompts`, `api_key` and
     `api_keys` (unset: no key). `other_instances`: the instance names of the fleet's hosts that are
     not planned now (a run limited to some hosts), which the golden prompts and keys may name too.
+    `firewall`, `firewall_groups`, `firewall_allow`: the instance ports' firewall, checked against
+    `inventory` (group name: its hosts).
     """
     fleet_instances = set(other_instances).union(
         *(instance_names(i.get("instances")) for i in hosts.values())
@@ -490,6 +494,12 @@ def plan_fleet(
         settings = prompt_errors(inputs.get("golden_prompts", {}))
         settings += key_errors(inputs.get("api_key", ""), inputs.get("api_keys", {}))
         settings += reference_errors(inputs.get("golden_prompts"), inputs.get("api_keys"), fleet_instances)
+        settings += firewall_errors(
+            inputs.get("firewall", False),
+            inputs.get("firewall_groups", []),
+            inputs.get("firewall_allow", []),
+            inventory or {},
+        )
         if settings:
             plan = {
                 **plan,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ansible_collections.vllm_fleet.serving.plugins.module_utils.vllm_spec import served_names
+
 
 def load_from_metrics(text: str) -> dict[str, float | None]:
     """Requests running and waiting from vLLM's Prometheus /metrics (summed over its series)."""
@@ -37,7 +39,7 @@ def status_rows(
         rows.append(
             {
                 "instance": spec["name"],
-                "served_model_name": spec.get("served_model_name") or spec.get("model"),
+                "served_model_name": ", ".join(served_names(spec)),
                 "port": spec.get("port"),
                 "unit": unit.get("ActiveState", "unknown"),
                 "sub_state": unit.get("SubState", "unknown"),

@@ -23,7 +23,7 @@ INSTANCE_DEFAULTS: dict[str, Any] = {
     "name": None,  # required: instance name, used in the unit name vllm-<name>.service
     "model": None,  # required: model name in the host's model store (model_sync)
     "revision": None,  # required: revision of that model in the store
-    "served_model_name": None,  # defaults to the model name
+    "served_model_name": None,  # a name or a list of names (1-16); defaults to the model name
     "port": None,  # required: TCP port the API server listens on
     "host": "0.0.0.0",  # address the API server binds
     "device": "cuda",  # cuda | cpu (the CPU build of vLLM)
@@ -72,6 +72,9 @@ ENV_NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 SERVED_NAME_PATTERN = re.compile(
     r"^(?=.{1,256}$)[A-Za-z0-9][A-Za-z0-9._:@+-]*(/[A-Za-z0-9][A-Za-z0-9._:@+-]*)*$"
 )
+# vLLM's --served-model-name takes several names (aliases of one model); the first is the one
+# it reports in responses and metrics.
+MAX_SERVED_NAMES = 16
 # Flags the spec owns: passing them again through extra_args would contradict the spec.
 OWNED_FLAGS = (
     "--model", "--port", "--host", "--served-model-name", "--tensor-parallel-size",
@@ -112,6 +115,29 @@ def with_defaults(spec: dict[str, Any]) -> dict[str, Any]:
     if not full["served_model_name"]:
         full["served_model_name"] = full["model"]
     return full
+
+
+def served_names(spec: Mapping[str, Any]) -> list[str]:
+    """Every name clients may ask an instance for, the primary (vLLM's first) first."""
+    served = spec.get("served_model_name") or spec.get("model")
+    return [str(name) for name in served] if isinstance(served, list) else [str(served)]
+
+
+def _served_name_errors(label: str, served: Any) -> list[str]:
+    names = served if isinstance(served, list) else [served]
+    rule = (
+        f"'served_model_name' must be unset (the model's name), a name or a list of 1-{MAX_SERVED_NAMES} "
+        "distinct names; a name is 1-256 letters, digits, '.', '_', '-', ':', '@', '+', in parts "
+        "separated by '/' that start with a letter or digit (e.g. Qwen/Qwen2.5-7B-Instruct, llama3:8b)"
+    )
+    if not 1 <= len(names) <= MAX_SERVED_NAMES:
+        return [f"{label}: {rule}, got {len(names)} names"]
+    bad = [n for n in names if not (isinstance(n, str) and SERVED_NAME_PATTERN.match(n))]
+    if bad:
+        return [f"{label}: {rule}, got {bad[0]!r}"]
+    if len(set(names)) != len(names):
+        return [f"{label}: {rule}, got a repeated name in {names!r}"]
+    return []
 
 
 def _is_int(value: Any) -> bool:
@@ -201,13 +227,8 @@ def validate_instance(spec: Any, index: int | None = None) -> list[str]:
         errors.append(
             f"{label}: 'name' must match {NAME_PATTERN.pattern} (lower case, digits, '_', '.', '-')"
         )
-    served = spec.get("served_model_name")
-    if served is not None and not (isinstance(served, str) and SERVED_NAME_PATTERN.match(served)):
-        errors.append(
-            f"{label}: 'served_model_name' must be unset (the model's name) or 1-256 letters, digits, "
-            f"'.', '_', '-', ':', '@', '+', in parts separated by '/' that start with a letter or "
-            f"digit (e.g. Qwen/Qwen2.5-7B-Instruct, llama3:8b), got {served!r}"
-        )
+    if spec.get("served_model_name") is not None:
+        errors += _served_name_errors(label, spec["served_model_name"])
     if not (isinstance(s["host"], str) and s["host"] and _one_line(s["host"]) and " " not in s["host"]):
         errors.append(f"{label}: 'host' must be an address to bind (e.g. 0.0.0.0, ::), got {s['host']!r}")
     if not _is_int(s["port"]) or not 1 <= s["port"] <= 65535:
@@ -354,7 +375,7 @@ def server_argv(spec: dict[str, Any], instance_root: str, shutdown_timeout: int)
     else:
         argv = [python.rsplit("/", 1)[0] + "/vllm", "serve", model_path]
     argv += [
-        "--served-model-name", s["served_model_name"],
+        "--served-model-name", *served_names(s),
         "--host", s["host"],
         "--port", str(s["port"]),
         "--shutdown-timeout", str(shutdown_timeout),

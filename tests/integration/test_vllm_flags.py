@@ -29,7 +29,7 @@ def test_vllm_parses_every_spec_field(vllm_parser) -> None:
     assert answer["ok"], answer["error"]
     args = answer["args"]
     assert args["model"] == "/inst/chat/model"
-    assert args["served_model_name"] == ["chat-8b"]
+    assert args["served_model_name"] == ["chat-8b", "org/Chat-8B:v1"]
     assert args["tensor_parallel_size"] == 2
     assert args["pipeline_parallel_size"] == 2
     assert args["max_model_len"] == 8192

@@ -92,6 +92,12 @@ def test_a_serving_instance_passes_with_its_golden_answer(server: int) -> None:
     assert gate.check_serving(instance, PARIS)["got"] == "The capital of France is Paris."
 
 
+def test_every_served_name_must_be_listed(server: int) -> None:
+    spec = {"name": "chat", "port": server, "served_model_name": ["chat", "chat:latest"]}
+    with pytest.raises(gate.GateFailed, match=r"lists \['chat'\], not 'chat:latest'"):
+        gate.check_serving(gate.Instance(spec, Fake.key), None)
+
+
 def test_a_wrong_answer_fails_naming_expected_and_got(server: int) -> None:
     Fake.answer = "ingly ingly ingly"
     with pytest.raises(

@@ -50,6 +50,18 @@ def test_one_upstream_per_served_name_with_every_host() -> None:
     assert [u["prefix"] for u in ups] == ["/coder/", "/smollm2-135m-instruct/"]
 
 
+def test_each_name_of_a_many_named_instance_is_routed_to_it_and_opened_by_its_key() -> None:
+    aliased = {**SPEC, "served_model_name": ["Qwen/Qwen2.5-0.5B", "qwen"]}
+    backends = [_backend("h1", aliased, key="k1")]
+    ups = gateway.upstreams(backends)
+    assert [(u["model"], [s["instance"] for s in u["servers"]]) for u in ups] == [
+        ("Qwen/Qwen2.5-0.5B", ["chat"]),
+        ("qwen", ["chat"]),
+    ]
+    assert gateway.api_keys(backends) == {"Qwen/Qwen2.5-0.5B": ["k1"], "qwen": ["k1"]}
+    assert gateway.errors(backends, "qwen") == []
+
+
 def test_routes_table_and_names_that_would_shadow_openai_paths() -> None:
     hub = {**SPEC, "served_model_name": "Qwen/Qwen2.5-7B-Instruct"}
     shadow = {**SPEC, "name": "v1", "served_model_name": "v1/chat", "port": 8001}

@@ -360,3 +360,18 @@ def test_a_checkpoint_quantization_needs_a_quantized_checkpoint(quantization, co
     if status == "fail" and not config:
         assert f"quantization {quantization} needs a checkpoint quantized with it" in check["detail"]
         assert "llama-3-8b@r1" in check["detail"]
+
+
+def test_the_firewall_settings_are_checked_against_the_inventory_before_any_host():
+    plans = preflight.plan_fleet(
+        {
+            "a": fleet_inputs(firewall=True, firewall_groups=["gateways"], firewall_allow=[]),
+            "b": fleet_inputs(firewall=True, firewall_groups=["gatways"], firewall_allow=["10.0.0.0/8"]),
+        },
+        lambda source: {"config": LLAMA3_8B, "weights_bytes": WEIGHTS},
+        inventory={"gateways": ["gw"], "vllm_servers": ["a", "b"]},
+    )
+    assert plans["a"]["ok"], plans["a"]["failures"]
+    assert plans["b"]["failures"] == [
+        "vllm_server_firewall_groups: no inventory group 'gatways'; groups: gateways, vllm_servers"
+    ]

@@ -140,7 +140,12 @@ def test_defaults_leave_vllm_defaults_alone():
         ({"served_model_name": "model/"}, "'served_model_name'"),
         ({"served_model_name": "a" * 257}, "'served_model_name'"),
         ({"served_model_name": ""}, "'served_model_name'"),
-        ({"served_model_name": ["a", "b"]}, "'served_model_name'"),
+        ({"served_model_name": []}, "'served_model_name'"),
+        ({"served_model_name": ["a", "a"]}, "got a repeated name"),
+        ({"served_model_name": ["a", 7]}, "got 7"),
+        ({"served_model_name": ["a", "b c"]}, "got 'b c'"),
+        ({"served_model_name": [f"m{i}" for i in range(17)]}, "got 17 names"),
+        ({"served_model_name": {"a": 1}}, "'served_model_name'"),
     ],
 )
 def test_invalid_specs_name_the_setting(change, setting):
@@ -154,6 +159,16 @@ def test_invalid_specs_name_the_setting(change, setting):
 )
 def test_served_names_clients_use_pass(name):
     assert vllm_spec.validate_instance({**BASE, "served_model_name": name}) == []
+
+
+def test_several_served_names_are_one_flag_the_first_primary():
+    spec = {**BASE, "served_model_name": ["Qwen/Qwen2.5-7B-Instruct", "qwen", "qwen:7b"]}
+    assert vllm_spec.validate_instance(spec) == []
+    argv = vllm_spec.server_argv(spec, "/inst", 20)
+    at = argv.index("--served-model-name")
+    assert argv[at + 1 : at + 5] == ["Qwen/Qwen2.5-7B-Instruct", "qwen", "qwen:7b", "--host"]
+    assert vllm_spec.served_names(spec)[0] == "Qwen/Qwen2.5-7B-Instruct"
+    assert vllm_spec.served_names(BASE) == ["llama-3-8b"]
 
 
 def test_flags_and_variables_the_spec_does_not_own_pass():

@@ -8,14 +8,21 @@ nginx) sends each request to the servers of the model its JSON body names.
    model whatever the body says;
 4. a model nobody serves gets 404 with an OpenAI-style error naming it and the served ones; a
    request that names no model (two are served, no default) or names it with a non-string, 400;
-5. without a valid key every path is 401, also the ones vLLM leaves open (/metrics, /health).
+5. without a valid key every path is 401, also the ones vLLM leaves open (/metrics, /health);
+6. an instance with two served names is reachable by both, and /v1/models lists each once;
+7. the instance ports answer the gateway (and the host itself) only: from a third host and from
+   the controller they are refused (vllm_server_firewall), while the gateway answers there.
+   The direct clients of these tests reach the instances through SSH tunnels for that reason.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +30,21 @@ import openai
 import pytest
 import yaml
 from openai import OpenAI
-from scenario_hosts import address
+from scenario_hosts import address, on_host, tunnel
 
 from vllm_fleet.paths import cache_dir
 
 HOST_VARS = Path(__file__).resolve().parents[1] / "host_vars" / "gateway-vllm-1.yml"
 SPECS: list[dict[str, Any]] = yaml.safe_load(HOST_VARS.read_text())["vllm_server_instances"]
-NAMES = sorted(spec["served_model_name"] for spec in SPECS)
+
+
+def _names(spec: dict[str, Any]) -> list[str]:
+    served = spec["served_model_name"]
+    return served if isinstance(served, list) else [served]
+
+
+NAMES = sorted(name for spec in SPECS for name in _names(spec))
+VLLM_HOST = "gateway-vllm-1"
 # The served name with a slash, dots, a colon and capitals.
 HUB_NAME = "Tiny/Llama.v1:seed0"
 PROMPT = "The capital of France is"
@@ -51,15 +66,17 @@ def gateway(gateway_url: str, api_key: str) -> OpenAI:
 
 
 @pytest.fixture(scope="module")
-def direct(api_key: str) -> dict[str, OpenAI]:
-    """A client straight to each model's own instance (its port on the vLLM host)."""
-    host = address("gateway-vllm-1")
-    return {
-        spec["served_model_name"]: OpenAI(
-            base_url=f"http://{host}:{spec['port']}/v1", api_key=api_key, timeout=120, max_retries=0
-        )
-        for spec in SPECS
-    }
+def direct(api_key: str) -> Iterator[dict[str, OpenAI]]:
+    """A client straight to each served name's own instance (its port on the vLLM host, through an
+    SSH tunnel: the firewall admits only the gateway and the host itself)."""
+    with contextlib.ExitStack() as tunnels:
+        clients = {}
+        for spec in SPECS:
+            local = tunnels.enter_context(tunnel(VLLM_HOST, spec["port"]))
+            url = f"http://127.0.0.1:{local}/v1"
+            client = OpenAI(base_url=url, api_key=api_key, timeout=120, max_retries=0)
+            clients.update(dict.fromkeys(_names(spec), client))
+        yield clients
 
 
 def _request(url: str, method: str, body: dict[str, Any], key: str = "") -> tuple[int, dict[str, Any]]:
@@ -91,8 +108,7 @@ def test_models_lists_every_served_model(gateway: OpenAI, direct: dict[str, Open
     # made anew for every answer).
     fields = ("id", "object", "owned_by", "root", "parent", "max_model_len")
     for name, client in direct.items():
-        own = client.models.list().data[0].model_dump()
-        assert own["id"] == name
+        own = next(card.model_dump() for card in client.models.list().data if card.id == name)
         assert {f: listed[name].model_dump().get(f) for f in fields} == {f: own.get(f) for f in fields}
 
 
@@ -109,8 +125,43 @@ def test_each_model_answers_through_one_base_url(
 
 def test_the_two_models_answer_differently(direct: dict[str, OpenAI]) -> None:
     # Otherwise the test above could not tell a misrouted request from a routed one.
-    answers = {_complete(client, name)[0] for name, client in direct.items()}
-    assert len(answers) == len(NAMES), answers
+    answers = {_complete(direct[_names(spec)[0]], _names(spec)[0])[0] for spec in SPECS}
+    assert len(answers) == len(SPECS), answers
+
+
+def test_every_name_of_an_instance_reaches_it(gateway: OpenAI) -> None:
+    aliased = next(_names(spec) for spec in SPECS if len(_names(spec)) > 1)
+    assert len({_complete(gateway, name)[0] for name in aliased}) == 1
+    # vLLM answers under the name asked; /v1/models through the gateway lists each name once.
+    assert [_complete(gateway, name)[1] for name in aliased] == aliased
+    listed = [model.id for model in gateway.models.list().data]
+    assert sorted(listed) == NAMES
+
+
+def _connects(address_: str, port: int) -> bool:
+    try:
+        with socket.create_connection((address_, port), timeout=10):
+            return True
+    except ConnectionRefusedError:
+        return False
+
+
+def test_instance_ports_answer_only_the_gateway(gateway_url: str) -> None:
+    vllm_address = address(VLLM_HOST)
+    ports = [spec["port"] for spec in SPECS]
+    # From the controller, and from a third host of the fleet's network: refused (TCP reset).
+    assert [_connects(vllm_address, port) for port in ports] == [False] * len(ports)
+    for port in ports:
+        url = f"http://{vllm_address}:{port}/version"
+        script = f"curl -s -o /dev/null -w '%{{http_code}}' {url}; echo ' rc='$?"
+        assert on_host("gateway-client", "bash", "-c", script).strip() == "000 rc=7", port
+    # Meanwhile the gateway answers the third host (401 without a key: nginx's own answer; the
+    # tests above get completions through it).
+    script = f"curl -s -o /dev/null -w '%{{http_code}}' {gateway_url}/v1/models"
+    assert on_host("gateway-client", "bash", "-c", script).strip() == "401"
+    # The rules are the collection's own table, on the host itself.
+    table = on_host(VLLM_HOST, "nft", "list", "table", "inet", "vllm_fleet")
+    assert "reject with tcp reset" in table and all(str(port) in table for port in ports)
 
 
 def test_path_prefix_reaches_its_model_whatever_the_body_says(

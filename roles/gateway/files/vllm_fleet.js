@@ -84,7 +84,7 @@ function route(r) {
     r.internalRedirect('@' + table.models[name].upstream);
 }
 
-// js_content of /v1/models: the union of what every model's servers list (its name, and
+// js_content of /v1/models: the union of what every model's servers list (its names, and
 // later its adapters), limited to the models this request's key opens. One subrequest per
 // model, all at once; a model none of whose servers answers is left out.
 function models(r) {
@@ -107,9 +107,17 @@ function models(r) {
                 return [];
             });
     })).then(function (lists) {
+        // An instance with several names lists them all to each name's subrequest: each id
+        // once, and only the ids this key opens.
         var data = [];
+        var seen = {};
         lists.forEach(function (list) {
-            data = data.concat(list);
+            list.forEach(function (card) {
+                if (card && served.indexOf(card.id) >= 0 && !seen[card.id]) {
+                    seen[card.id] = true;
+                    data.push(card);
+                }
+            });
         });
         if (data.length === 0) {
             return fail(r, 502, 'service_unavailable', 'no server of any model answered', null);
