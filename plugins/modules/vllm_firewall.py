@@ -119,11 +119,16 @@ def main() -> None:
     p = module.params
     if p["state"] == "absent":
         module.exit_json(**_absent(module, p["path"]))
-    nft = module.get_bin_path("nft", required=True)
     try:
         wanted = ruleset(p["ports"], p["admitted"])
     except ValueError as error:
         module.fail_json(msg=f"admitted: {error}")
+    nft = module.get_bin_path("nft")
+    if not nft:
+        if module.check_mode:
+            # The package is installed by the task before, which check mode only announced.
+            module.exit_json(changed=True, ruleset=wanted, loaded=False)
+        module.fail_json(msg="nft is not installed (Debian's and RHEL's nftables package)")
     old = read_text(p["path"])
     unit = unit_text(nft, p["path"])
     old_unit = read_text(UNIT_PATH)
