@@ -19,6 +19,7 @@ HOST_INPUTS = {
     "declared_gpus": "vllm_server_declared_gpus",
     "models": "model_sync_models",
     "instance_root": "vllm_server_instance_dir",
+    "model_store": "vllm_server_model_store",
     "shutdown_timeout": "vllm_server_shutdown_timeout",
     "golden_prompts": "vllm_server_golden_prompts",
     "firewall": "vllm_server_firewall",

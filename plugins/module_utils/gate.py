@@ -28,7 +28,7 @@ from ansible_collections.vllm_fleet.serving.plugins.module_utils.golden import (
     passes,
     with_defaults,
 )
-from ansible_collections.vllm_fleet.serving.plugins.module_utils.vllm_spec import served_names
+from ansible_collections.vllm_fleet.serving.plugins.module_utils.vllm_spec import routable_names, served_names
 
 # systemctl show -p ... -> {property: value}; journal(name, lines) -> the unit's last log lines.
 UnitState = Callable[[str], Mapping[str, str]]
@@ -84,8 +84,9 @@ class Instance:
 
     def __init__(self, spec: Mapping[str, Any], key: str) -> None:
         self.name = str(spec["name"])
-        self.names = served_names(spec)
-        self.served = self.names[0]
+        # vLLM lists its adapters in /v1/models beside the served names: all must be there.
+        self.names = routable_names(spec)
+        self.served = served_names(spec)[0]
         self.base = f"http://127.0.0.1:{int(spec['port'])}"
         self.key = key
 

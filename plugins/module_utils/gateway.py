@@ -15,6 +15,7 @@ from typing import Any
 
 from ansible_collections.vllm_fleet.serving.plugins.module_utils.vllm_spec import (
     API_KEY_PATTERN,
+    routable_names,
     served_names,
     with_defaults,
 )
@@ -55,19 +56,21 @@ def _identifier(name: str, taken: set[str]) -> str:
 
 
 def upstreams(backend_list: list[dict[str, Any]], default_model: str = "") -> list[dict[str, Any]]:
-    """One upstream per served model name, sorted by name.
+    """One upstream per served model name and adapter name, sorted by name.
 
     Each: ``model`` (served name), ``upstream`` (nginx identifier), ``servers`` (host, address,
     port, instance), ``prefix`` (its path prefix, '' for names that would shadow OpenAI's
     paths), ``default`` (where a request that names no model goes: ``default_model``,
-    else the only served name; none when several are served), ``keyed`` (whether clients need
+    else the only served name, adapters aside; none when several are served), ``keyed`` (whether clients need
     a key for it).
     """
     by_model: dict[str, list[dict[str, Any]]] = {}
     keyed: dict[str, bool] = {}
+    bases: set[str] = set()
     for backend in backend_list:
         for spec in backend["instances"]:
-            for model in served_names(spec):
+            bases.update(served_names(spec))
+            for model in routable_names(spec):
                 by_model.setdefault(model, []).append(
                     {
                         "host": backend["host"],
@@ -78,7 +81,8 @@ def upstreams(backend_list: list[dict[str, Any]], default_model: str = "") -> li
                 )
                 keyed[model] = keyed.get(model, False) or bool(_instance_key(backend, spec["name"]))
     names = sorted(by_model)
-    default = default_model or (names[0] if len(names) == 1 else "")
+    # Adapters aside: one base model is the default, whatever adapters it carries.
+    default = default_model or (next(iter(bases)) if len(bases) == 1 else "")
     taken: set[str] = set()
     return [
         {
@@ -112,7 +116,7 @@ def api_keys(backend_list: list[dict[str, Any]]) -> dict[str, list[str]]:
     for backend in backend_list:
         for spec in backend["instances"]:
             key = _instance_key(backend, spec["name"])
-            for model in served_names(spec) if key else []:
+            for model in routable_names(spec) if key else []:
                 keys.setdefault(model, set()).add(key)
     return {model: sorted(found) for model, found in sorted(keys.items())}
 
@@ -124,7 +128,7 @@ def errors(backend_list: list[dict[str, Any]], default_model: str = "") -> list[
     # Served names are the instance spec's to check (vllm_spec, in the plan).
     for backend in backend_list:
         for spec in backend["instances"]:
-            served.update(served_names(spec))
+            served.update(routable_names(spec))
             key = _instance_key(backend, spec["name"])
             if key and not API_KEY_PATTERN.match(key):
                 found.append(

@@ -31,8 +31,11 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
 BLOCK = 4 << 20
 MODEL_DIR_NEEDS = (
     "a model directory needs config.json (a JSON object), weights (*.safetensors, *.bin or *.pt) "
-    "and a tokenizer (tokenizer.json, tokenizer_config.json or tokenizer.model)"
+    "and a tokenizer (tokenizer.json, tokenizer_config.json or tokenizer.model); a LoRA adapter's, "
+    "adapter_config.json (peft_type LORA, its rank r) and adapter_model.safetensors or .bin"
 )
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 
 
 class ManifestError(Exception):
@@ -262,8 +265,30 @@ def verify_tree(
     return result
 
 
+def read_adapter_config(root: str) -> dict[str, Any] | None:
+    """A LoRA adapter directory's adapter_config.json (None: absent, unreadable, not an object)."""
+    return read_json(os.path.join(root, ADAPTER_CONFIG))
+
+
+def _adapter_problems(root: str, top: set[str]) -> list[str]:
+    problems = []
+    config = read_adapter_config(root)
+    if config is None:
+        problems.append(f"{ADAPTER_CONFIG} is not a valid JSON object")
+    else:
+        if config.get("peft_type") != "LORA":
+            kind = config.get("peft_type")
+            problems.append(f"{ADAPTER_CONFIG}: peft_type is {kind!r}; vLLM serves LORA adapters")
+        rank = config.get("r")
+        if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
+            problems.append(f"{ADAPTER_CONFIG}: its rank 'r' must be a positive integer, got {rank!r}")
+    if not top & set(ADAPTER_WEIGHTS):
+        problems.append(f"no adapter weights ({' or '.join(ADAPTER_WEIGHTS)})")
+    return problems
+
+
 def check_model_dir(root: str) -> list[str]:
-    """What keeps a directory from being a vLLM-ready model (empty list: nothing)."""
+    """What keeps a directory from being a vLLM-ready model or LoRA adapter (empty: nothing)."""
     if not os.path.isdir(root):
         return [f"{root} is not a directory"]
     try:
@@ -272,6 +297,8 @@ def check_model_dir(root: str) -> list[str]:
         return [str(err)]
     problems = []
     top = {f for f in files if "/" not in f}
+    if ADAPTER_CONFIG in top and "config.json" not in top:
+        return _adapter_problems(root, top)
     if "config.json" not in top:
         problems.append("no config.json")
     else:

@@ -23,7 +23,11 @@ from typing import Any
 
 from ansible_collections.vllm_fleet.serving.plugins.module_utils.firewall import errors as firewall_errors
 from ansible_collections.vllm_fleet.serving.plugins.module_utils.golden import prompt_errors
+from ansible_collections.vllm_fleet.serving.plugins.module_utils.model_files import read_adapter_config
 from ansible_collections.vllm_fleet.serving.plugins.module_utils.vllm_spec import (
+    DEFAULT_MODEL_STORE,
+    MAX_LORA_RANKS,
+    VLLM_MAX_LORA_RANK,
     key_errors,
     list_errors,
     server_argv,
@@ -364,6 +368,46 @@ def check_port(spec: dict[str, Any], listeners: list[dict[str, Any]] | None) -> 
     ]
 
 
+def check_adapters(spec: dict[str, Any], models: Mapping[str, dict[str, Any]]) -> list[dict[str, str]]:
+    """Each LoRA adapter against its adapter_config.json: a LoRA, of a rank --max-lora-rank holds."""
+    s = with_defaults(spec)
+    if not s["adapters"]:
+        return []
+    limit = s["max_lora_rank"] or VLLM_MAX_LORA_RANK
+    out = []
+    for adapter in s["adapters"]:
+        found = models.get(f"{adapter['model']}@{adapter['revision']}")
+        where = f"adapter {adapter['name']} ({adapter['model']}@{adapter['revision']})"
+        config = found.get("adapter") if found else None
+        if not found:
+            out.append(_check("adapter", NOT_CHECKED, f"{where} is not in model_sync_models"))
+        elif not isinstance(config, dict):
+            out.append(
+                _check("adapter", FAIL, f"{where}: its source on the controller has no adapter_config.json")
+            )
+        elif config.get("peft_type") != "LORA":
+            out.append(
+                _check("adapter", FAIL, f"{where} is a {config.get('peft_type')!r} adapter; vLLM serves LORA")
+            )
+        else:
+            ranks = [config.get("r"), *(config.get("rank_pattern") or {}).values()]
+            rank = max((r for r in ranks if isinstance(r, int)), default=None)
+            if rank is None:
+                out.append(_check("adapter", NOT_CHECKED, f"{where}: adapter_config.json names no rank 'r'"))
+            elif rank > limit:
+                fit = next(r for r in (*MAX_LORA_RANKS, rank) if r >= rank)
+                out.append(
+                    _check(
+                        "adapter",
+                        FAIL,
+                        f"{where} has rank {rank}, above max_lora_rank {limit}; set it to {fit}",
+                    )
+                )
+            else:
+                out.append(_check("adapter", PASS, f"{where}: LoRA of rank {rank} (max_lora_rank {limit})"))
+    return out
+
+
 def plan_host(
     instances: Any,
     gpus: dict[str, Any] | None,
@@ -371,6 +415,7 @@ def plan_host(
     listeners: list[dict[str, Any]] | None,
     instance_root: str,
     shutdown_timeout: int,
+    model_store: str = DEFAULT_MODEL_STORE,
 ) -> dict[str, Any]:
     """The plan of one host: each instance's command line and checks, and the host's errors."""
     host_errors = list_errors(instances)
@@ -395,7 +440,8 @@ def plan_host(
         checks += check_model(s, model)
         checks += check_memory(s, gpus, model)
         checks += check_port(s, listeners)
-        argv = server_argv(s, instance_root, shutdown_timeout)
+        checks += check_adapters(s, models)
+        argv = server_argv(s, instance_root, shutdown_timeout, model_store)
         plans.append({"instance": s["name"], "command": shlex.join(argv), "argv": argv, "checks": checks})
     shared = {g: names for g, names in owners.items() if len(names) > 1}
     for gpu, names in sorted(shared.items()):
@@ -419,10 +465,11 @@ def read_model_facts(source: str) -> dict[str, Any]:
         config = json.loads((root / "config.json").read_text())
     except (OSError, ValueError):
         config = None
+    adapter = read_adapter_config(str(root))
     weights = sum(p.stat().st_size for p in root.glob("*") if p.suffix in WEIGHT_SUFFIXES and p.is_file())
     # The JSON files beside it: some methods read their settings from one (QUANT_CONFIG_FILES).
     json_files = sorted(p.name for p in root.glob("*.json"))
-    return {"config": config, "weights_bytes": weights, "json_files": json_files}
+    return {"config": config, "weights_bytes": weights, "json_files": json_files, "adapter": adapter}
 
 
 def instance_names(instances: Any) -> set[str]:
@@ -463,7 +510,7 @@ def plan_fleet(
 
     Each host's inputs: `instances`, `gpus` (gpu_facts' vllm_fleet_gpus, or None), `declared_gpus`
     (used when `gpus` is None), `listeners` (parsed `ss` output, or None), `models` (its
-    model_sync_models), `instance_root`, `shutdown_timeout`, `golden_prompts`, `api_key` and
+    model_sync_models), `instance_root`, `model_store`, `shutdown_timeout`, `golden_prompts`, `api_key` and
     `api_keys` (unset: no key). `other_instances`: the instance names of the fleet's hosts that are
     not planned now (a run limited to some hosts), which the golden prompts and keys may name too.
     `firewall`, `firewall_groups`, `firewall_allow`: the instance ports' firewall, checked against
@@ -490,6 +537,7 @@ def plan_fleet(
             inputs.get("listeners"),
             inputs["instance_root"],
             inputs["shutdown_timeout"],
+            inputs.get("model_store") or DEFAULT_MODEL_STORE,
         )
         settings = prompt_errors(inputs.get("golden_prompts", {}))
         settings += key_errors(inputs.get("api_key", ""), inputs.get("api_keys", {}))

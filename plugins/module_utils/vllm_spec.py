@@ -47,7 +47,16 @@ INSTANCE_DEFAULTS: dict[str, Any] = {
     "extra_args": [],  # further vLLM flags, as a list of strings
     "env": {},  # further environment variables for this instance (not secrets)
     "environment": None,  # python_env environment by name (python_env_environments); None: the default
+    "adapters": [],  # LoRA adapters from the model store: [{name, model, revision}], each served by name
+    "max_lora_rank": None,  # --max-lora-rank, at least every adapter's rank (None: vLLM's 16)
+    "max_loras": None,  # --max-loras, adapters in one batch (None: vLLM's 1)
 }
+# Where model_sync keeps the models (its model_sync_store default): adapters are read from there.
+DEFAULT_MODEL_STORE = "/var/lib/vllm-fleet/models"
+# The ranks vLLM 0.32 accepts for --max-lora-rank (vllm/config/lora.py MaxLoRARanks).
+MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+VLLM_MAX_LORA_RANK = 16
+MAX_ADAPTERS = 64
 
 DEVICES = ("cuda", "cpu")
 # Allowed values as vLLM 0.32 lists them (`--help=all`, QUANTIZATION_METHODS), the common subset.
@@ -85,6 +94,7 @@ OWNED_FLAGS = (
     "--hf-overrides", "--reasoning-parser", "--default-chat-template-kwargs", "--trust-remote-code",
     "--no-enforce-eager", "--no-trust-remote-code",
     "--device-memory-utilization",  # vLLM's other name of --gpu-memory-utilization
+    "--enable-lora", "--no-enable-lora", "--lora-modules", "--max-loras", "--max-lora-rank",
 )  # fmt: skip
 # vLLM's other spellings of those flags: its short aliases. It also reads '_' for '-' in a flag's
 # name (up to a '.', where a JSON flag's keys start) and, as argparse does, a unique abbreviation.
@@ -121,6 +131,59 @@ def served_names(spec: Mapping[str, Any]) -> list[str]:
     """Every name clients may ask an instance for, the primary (vLLM's first) first."""
     served = spec.get("served_model_name") or spec.get("model")
     return [str(name) for name in served] if isinstance(served, list) else [str(served)]
+
+
+def routable_names(spec: Mapping[str, Any]) -> list[str]:
+    """Every name a request may give for the instance: its served names, then its adapters'."""
+    adapters = spec.get("adapters") or []
+    return served_names(spec) + [str(a["name"]) for a in adapters if isinstance(a, Mapping)]
+
+
+def adapter_path(adapter: Mapping[str, Any], model_store: str = DEFAULT_MODEL_STORE) -> str:
+    """Where an adapter's revision sits on the host (the model store, as model_sync put it)."""
+    return f"{model_store}/{adapter['model']}/{adapter['revision']}"
+
+
+def _adapter_errors(label: str, s: Mapping[str, Any]) -> list[str]:
+    adapters, errors = s["adapters"], []
+    if not isinstance(adapters, list) or len(adapters) > MAX_ADAPTERS:
+        return [
+            f"{label}: 'adapters' must be a list of at most {MAX_ADAPTERS} LoRA adapters "
+            f"({{name, model, revision}}), got {adapters!r}"
+        ]
+    for position, adapter in enumerate(adapters):
+        where = f"{label}: adapters[{position}]"
+        if not isinstance(adapter, dict) or set(adapter) != {"name", "model", "revision"}:
+            errors.append(
+                f"{where} must be a mapping of exactly name (what clients ask for), model and revision "
+                f"(a model_sync_models entry holding the adapter), got {adapter!r}"
+            )
+            continue
+        if not (isinstance(adapter["name"], str) and SERVED_NAME_PATTERN.match(adapter["name"])):
+            errors.append(f"{where}: 'name' must be a name like served_model_name's, got {adapter['name']!r}")
+        for key in ("model", "revision"):
+            if not (isinstance(adapter[key], str) and MODEL_NAME_PATTERN.match(adapter[key])):
+                errors.append(
+                    f"{where}: '{key}' must be a model_sync_models {key} (1-128 letters, digits, "
+                    f"'.', '_', '+' or '-'), got {adapter[key]!r}"
+                )
+    if errors:
+        return errors
+    names = [a["name"] for a in adapters]
+    taken = sorted({n for n in names if names.count(n) > 1} | (set(names) & set(served_names(s))))
+    if taken:
+        errors.append(f"{label}: 'adapters' names must differ from each other and the served names: {taken}")
+    rank = s["max_lora_rank"]
+    if rank is not None and (not _is_int(rank) or rank not in MAX_LORA_RANKS):
+        errors.append(
+            f"{label}: 'max_lora_rank' must be one of {list(MAX_LORA_RANKS)} or unset, got {rank!r}"
+        )
+    loras = s["max_loras"]
+    if loras is not None and (not _is_int(loras) or loras < 1):
+        errors.append(f"{label}: 'max_loras' must be a positive integer or unset, got {loras!r}")
+    if not adapters and (rank is not None or loras is not None):
+        errors.append(f"{label}: 'max_lora_rank' and 'max_loras' need 'adapters'")
+    return errors
 
 
 def _served_name_errors(label: str, served: Any) -> list[str]:
@@ -316,6 +379,7 @@ def validate_instance(spec: Any, index: int | None = None) -> list[str]:
             f"(matching {NAME_PATTERN.pattern}) or unset, got {environment!r}"
         )
     errors += env_errors(label, s["env"])
+    errors += _adapter_errors(label, s)
     return errors
 
 
@@ -361,11 +425,14 @@ def key_errors(api_key: Any, api_keys: Any) -> list[str]:
     return errors
 
 
-def server_argv(spec: dict[str, Any], instance_root: str, shutdown_timeout: int) -> list[str]:
+def server_argv(
+    spec: dict[str, Any], instance_root: str, shutdown_timeout: int, model_store: str = DEFAULT_MODEL_STORE
+) -> list[str]:
     """The vLLM API server's argument vector for a valid spec (secrets never appear here).
 
     The server runs what the instance's links point at: <instance_root>/<name>/env (the Python
-    environment) and <instance_root>/<name>/model (the model revision).
+    environment) and <instance_root>/<name>/model (the model revision); its LoRA adapters are
+    read from the model store.
     """
     s = with_defaults(spec)
     python = f"{instance_root}/{s['name']}/env/bin/python"
@@ -414,6 +481,11 @@ def server_argv(spec: dict[str, Any], instance_root: str, shutdown_timeout: int)
         ]
     if s["trust_remote_code"]:
         argv.append("--trust-remote-code")
+    if s["adapters"]:
+        argv += ["--enable-lora", "--max-loras", str(s["max_loras"] or 1)]
+        if s["max_lora_rank"] is not None:
+            argv += ["--max-lora-rank", str(s["max_lora_rank"])]
+        argv += ["--lora-modules", *(f"{a['name']}={adapter_path(a, model_store)}" for a in s["adapters"])]
     return argv + list(s["extra_args"])
 
 

@@ -29,7 +29,9 @@ options:
   instances:
     description:
       - The instances to gate, as instance specs with their defaults filled in; read are
-        C(name), C(port) (on 127.0.0.1) and C(served_model_name). Other keys are ignored.
+        C(name), C(port) (on 127.0.0.1), C(served_model_name) (a name or a list; every one and
+        the names of C(adapters) must be listed, the first is asked) and C(adapters). Other keys
+        are ignored.
     type: list
     elements: dict
     required: true

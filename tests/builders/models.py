@@ -13,6 +13,11 @@ Molecule scenarios:
     The same builder with another shape and seed (3 layers, hidden 256, 8 heads, 2 KV heads):
     a second, different tiny model, for hosts that serve several models side by side.
 
+``tiny-llama-lora``
+    A LoRA adapter of ``tiny-llama`` made with peft (rank 8 on the attention and MLP projections,
+    both matrices random from a fixed seed, so that base and adapter answer differently at
+    temperature 0): what an instance's ``adapters`` serve (:func:`build_tiny_lora`).
+
 ``smollm2-135m-instruct-second``, ``smollm2-135m-instruct-broken``
     Revisions of SmolLM2 (:mod:`vllm_fleet.smollm2`, built by ``vllm-fleet build``) for rolling
     upgrades and their gate (:func:`build_revision`).
@@ -51,6 +56,7 @@ __all__ = [
     "build_all",
     "build_revision",
     "build_tiny_llama",
+    "build_tiny_lora",
     "main",
 ]
 
@@ -61,6 +67,7 @@ BUILDER_VERSIONS: Mapping[str, int] = {
     "tiny-llama-wide": 1,
     "revision-second": 1,
     "revision-broken": 1,
+    "tiny-llama-lora": 1,
 }
 
 #: The tiny model's shape. head_dim 32 is the smallest head size vLLM's CPU attention accepts.
@@ -392,6 +399,61 @@ def build_revision(base: Path, dest: Path, kind: str) -> Path:
     )
 
 
+# --- a LoRA adapter of the tiny model -----------------------------------------------------------
+
+#: The adapter's rank and the projections it adapts: vLLM's --max-lora-rank must be at least it.
+TINY_LORA_RANK = 8
+TINY_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+TINY_LORA_SEED = 8
+TINY_LORA_NEEDS = ("torch", "transformers", "peft", "safetensors")
+
+
+def _build_tiny_lora_into(base: Path, out: Path) -> None:
+    extras.require(extras.BUILDERS, TINY_LORA_NEEDS, "building the test adapter tiny-llama-lora")
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaForCausalLM
+
+    model = LlamaForCausalLM.from_pretrained(base, dtype=torch.float32)
+    config = LoraConfig(
+        r=TINY_LORA_RANK,
+        lora_alpha=2 * TINY_LORA_RANK,
+        target_modules=list(TINY_LORA_TARGETS),
+        lora_dropout=0.0,
+    )
+    adapted = get_peft_model(model, config)
+    # peft starts B at zero (the adapter changes nothing until trained): both matrices random
+    # from one seeded generator instead, scaled like the base's projections, in a fixed order.
+    generator = torch.Generator().manual_seed(TINY_LORA_SEED)
+    with torch.no_grad():
+        for name, param in sorted(adapted.named_parameters()):
+            if "lora_" in name:
+                values = torch.randn(param.shape, generator=generator, dtype=torch.float32)
+                param.copy_(values * param.shape[1] ** -0.5)
+    adapted.save_pretrained(out)
+    settings = json.loads((out / "adapter_config.json").read_text())
+    # The path it was built from means nothing on a host: name the base model instead.
+    settings["base_model_name_or_path"] = "tiny-llama"
+    (out / "adapter_config.json").write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
+    # peft's model card template, empty of anything about this adapter.
+    (out / "README.md").unlink(missing_ok=True)
+
+
+def build_tiny_lora(base: Path, dest: Path) -> Path:
+    """Build (or reuse) the LoRA adapter ``tiny-llama-lora`` of the finished build at ``base``
+    (``tiny-llama``): adapter_config.json and adapter_model.safetensors at ``dest``, cached
+    against the base's file hashes. Returns ``dest``."""
+    base = Path(base).absolute()
+    marker = read_marker(base)
+    if marker is None:
+        raise FileNotFoundError(f"{base} is not a finished vllm-fleet model build (no {MARKER})")
+    source = {"base": marker.get("kind"), "files": marker.get("files")}
+    kind = "tiny-llama-lora"
+    return atomic_build(
+        Path(dest), kind, lambda out: _build_tiny_lora_into(base, out), source, BUILDER_VERSIONS[kind]
+    )
+
+
 # --- command line -------------------------------------------------------------------------------
 
 
@@ -403,6 +465,7 @@ def build_all(cache: Path) -> dict[str, Path]:
     """
     models = Path(cache) / "models"
     built = {kind: build_tiny_llama(models / kind, kind) for kind in TINY_LLAMAS}
+    built["tiny-llama-lora"] = build_tiny_lora(built["tiny-llama"], models / "tiny-llama-lora")
     base = smollm2.build_smollm2(models / smollm2.KIND, Path(cache) / "downloads")
     # A second good revision and a broken one of SmolLM2, for rolling upgrades and their gate.
     for kind in REVISION_KINDS:
@@ -416,8 +479,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m tests.builders",
         description=(
-            "Build the test models (tiny-llama, tiny-llama-wide, SmolLM2's second and broken "
-            "revisions) offline."
+            "Build the test models (tiny-llama, tiny-llama-wide, the LoRA adapter tiny-llama-lora, "
+            "SmolLM2's second and broken revisions) offline."
         ),
     )
     parser.add_argument(

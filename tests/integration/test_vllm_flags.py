@@ -48,3 +48,11 @@ def test_vllm_parses_every_spec_field(vllm_parser) -> None:
     assert args["trust_remote_code"] is True
     assert args["shutdown_timeout"] == 20
     assert args["uvicorn_log_level"] == "warning"
+    assert args["enable_lora"] is True
+    assert args["max_loras"] == 2
+    assert args["max_lora_rank"] == 32
+    # vLLM's LoRAModulePath objects, as the parser's line server writes them (str()).
+    assert [module.split(", base_model_name")[0] for module in args["lora_modules"]] == [
+        "LoRAModulePath(name='chat-8b-sql', path='/var/lib/vllm-fleet/models/llama-3-8b-sql-lora/r3'",
+        "LoRAModulePath(name='org/Chat-8B:fr', path='/var/lib/vllm-fleet/models/llama-3-8b-fr-lora/r1'",
+    ]

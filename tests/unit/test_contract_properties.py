@@ -86,6 +86,19 @@ PLAUSIBLE = {
         lambda g: [a for x in g for a in x]
     ),
     "env": st.dictionaries(st.sampled_from(ENV_NAMES[:2]), st.integers(1, 8).map(str)),
+    "adapters": st.lists(
+        st.fixed_dictionaries(
+            {
+                "name": st.sampled_from(["sql", "org/fr:v1"]),
+                "model": st.just("lora"),
+                "revision": st.just("r1"),
+            }
+        ),
+        max_size=2,
+        unique_by=lambda adapter: adapter["name"],
+    ),
+    "max_lora_rank": st.sampled_from([None, 8, 64]),
+    "max_loras": st.sampled_from([None, 1, 4]),
 }
 MUTATIONS = st.dictionaries(
     st.sampled_from([*sorted(vllm_spec.INSTANCE_DEFAULTS), "tensor_paralel_size"]),
@@ -97,6 +110,7 @@ MUTATIONS = st.dictionaries(
 SETTING_MARKS = [f"'{key}'" for key in vllm_spec.INSTANCE_DEFAULTS] + [
     "extra_args[",
     "env[",
+    "adapters[",
     "unknown setting",
 ]
 

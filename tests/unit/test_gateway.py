@@ -137,3 +137,15 @@ def test_a_configure_keeps_drained_hosts_and_undrain_returns_them() -> None:
     assert back["drained"] == ["vllm-2"] and back["upstreams"] == []
     # A drain or undrain alone (from a backend host's play) keeps the upstreams.
     assert gateway.new_state({"upstreams": [{"model": "x"}]}, drain=["h"])["upstreams"] == [{"model": "x"}]
+
+
+def test_adapters_are_routed_to_their_instance_and_the_base_stays_the_default() -> None:
+    lora = {"name": "sql", "model": "sql-lora", "revision": "r1"}
+    backends = [_backend("h1", {**SPEC, "adapters": [lora]}, key="k1")]
+    ups = gateway.upstreams(backends)
+    assert [(u["model"], u["default"], u["servers"][0]["instance"]) for u in ups] == [
+        ("smollm2-135m-instruct", True, "chat"),
+        ("sql", False, "chat"),
+    ]
+    assert gateway.api_keys(backends) == {"smollm2-135m-instruct": ["k1"], "sql": ["k1"]}
+    assert gateway.errors(backends, "sql") == []

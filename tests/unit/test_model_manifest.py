@@ -676,3 +676,22 @@ def test_current_link_switches_atomically_to_published_revisions_only(
     assert (store / "m" / "r1").is_dir()
     store_call(monkeypatch, capsys, dict(args, requested=["r2"], keep=0, current="r2"))
     assert sorted(os.listdir(store / "m")) == ["current", "r2"]
+
+
+def test_the_built_lora_adapter_passes_and_a_damaged_one_is_named(tmp_path: Path) -> None:
+    from vllm_fleet.paths import cache_dir
+
+    adapter = cache_dir() / "models" / "tiny-llama-lora"
+    if not adapter.is_dir():
+        pytest.skip("the test adapter is not built (python -m tests.builders)")
+    assert files.check_model_dir(str(adapter)) == []
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    assert (config["peft_type"], config["r"]) == ("LORA", 8)
+    damaged = tmp_path / "lora"
+    damaged.mkdir()
+    (damaged / "adapter_config.json").write_text(json.dumps({**config, "peft_type": "IA3", "r": 0}))
+    assert files.check_model_dir(str(damaged)) == [
+        "adapter_config.json: peft_type is 'IA3'; vLLM serves LORA adapters",
+        "adapter_config.json: its rank 'r' must be a positive integer, got 0",
+        "no adapter weights (adapter_model.safetensors or adapter_model.bin)",
+    ]

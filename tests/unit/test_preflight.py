@@ -235,11 +235,13 @@ def test_model_facts_of_a_real_directory(tmp_path: Path):
         "config": {"num_attention_heads": 4},
         "weights_bytes": 1000,
         "json_files": ["config.json", "tokenizer.json"],
+        "adapter": None,
     }
     assert preflight.read_model_facts(str(tmp_path / "absent")) == {
         "config": None,
         "weights_bytes": 0,
         "json_files": [],
+        "adapter": None,
     }
 
 
@@ -375,3 +377,31 @@ def test_the_firewall_settings_are_checked_against_the_inventory_before_any_host
     assert plans["b"]["failures"] == [
         "vllm_server_firewall_groups: no inventory group 'gatways'; groups: gateways, vllm_servers"
     ]
+
+
+def test_adapters_are_checked_against_their_adapter_config():
+    lora = {"name": "sql", "model": "sql-lora", "revision": "r1"}
+    models = {
+        "llama-3-8b": {"config": LLAMA3_8B, "weights_bytes": WEIGHTS},
+        "sql-lora": {
+            "config": None,
+            "weights_bytes": 1,
+            "adapter": {"peft_type": "LORA", "r": 8, "rank_pattern": {"q_proj": 32}},
+        },
+        "prefix": {"config": None, "weights_bytes": 1, "adapter": {"peft_type": "PREFIX_TUNING"}},
+    }
+    sources = [{"name": n, "revision": "r1", "source": f"/models/{n}"} for n in ("sql-lora", "prefix")]
+
+    def plan_of(**spec: Any) -> dict[str, Any]:
+        inputs = fleet_inputs(instances=[{**BASE, **spec}], models=fleet_inputs()["models"] + sources)
+        return preflight.plan_fleet({"a": inputs}, lambda source: models[source.rsplit("/", 1)[1]])["a"]
+
+    # rank_pattern's 32 is the adapter's largest rank: above vLLM's default 16.
+    failed = plan_of(adapters=[lora])
+    assert failed["failures"] == [
+        "instance chat: adapter sql (sql-lora@r1) has rank 32, above max_lora_rank 16; set it to 32"
+    ]
+    assert plan_of(adapters=[lora], max_lora_rank=32)["ok"]
+    assert "'PREFIX_TUNING' adapter" in plan_of(adapters=[{**lora, "model": "prefix"}])["failures"][0]
+    unknown = plan_of(adapters=[{**lora, "model": "elsewhere"}])
+    assert unknown["ok"] and statuses(unknown)["adapter"] == "not checked"

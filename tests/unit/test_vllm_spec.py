@@ -202,3 +202,45 @@ def test_instances_must_be_a_list():
 def test_systemd_quoting():
     assert vllm_spec.systemd_quote(["/bin/x", "--a", "b c", "50%", "$HOME"]) == '/bin/x --a "b c" 50%% $$HOME'
     assert vllm_spec.systemd_quote(["KEY=a $b"], command=False) == '"KEY=a $b"'
+
+
+LORA = {"name": "sql", "model": "llama-3-8b-sql-lora", "revision": "r3"}
+
+
+def test_adapters_get_the_lora_flags_with_paths_in_the_model_store():
+    spec = {**BASE, "adapters": [LORA, {**LORA, "name": "org/fr:v1"}], "max_lora_rank": 32}
+    assert vllm_spec.validate_instance(spec) == []
+    argv = vllm_spec.server_argv(spec, "/inst", 20, "/srv/models")
+    at = argv.index("--enable-lora")
+    assert argv[at:] == [
+        "--enable-lora", "--max-loras", "1", "--max-lora-rank", "32", "--lora-modules",
+        "sql=/srv/models/llama-3-8b-sql-lora/r3", "org/fr:v1=/srv/models/llama-3-8b-sql-lora/r3",
+    ]  # fmt: skip
+    assert vllm_spec.routable_names(spec) == ["llama-3-8b", "sql", "org/fr:v1"]
+    # Without adapters, no LoRA flag at all (vLLM reserves memory for LoRA slots when enabled).
+    assert "--enable-lora" not in vllm_spec.server_argv(BASE, "/inst", 20)
+
+
+@pytest.mark.parametrize(
+    ("change", "setting"),
+    [
+        ({"adapters": {"sql": LORA}}, "'adapters' must be a list"),
+        ({"adapters": [{"name": "sql", "model": "m"}]}, "adapters[0] must be a mapping of exactly name"),
+        ({"adapters": [{**LORA, "path": "/x"}]}, "adapters[0] must be a mapping of exactly name"),
+        ({"adapters": [{**LORA, "name": "has space"}]}, "adapters[0]: 'name'"),
+        ({"adapters": [{**LORA, "model": "../etc"}]}, "adapters[0]: 'model'"),
+        ({"adapters": [LORA, LORA]}, "'adapters' names must differ"),
+        (
+            {"adapters": [{**LORA, "name": "llama-3-8b"}]},
+            "names must differ from each other and the served",
+        ),
+        ({"adapters": [LORA], "max_lora_rank": 12}, "'max_lora_rank' must be one of [1, 8, 16"),
+        ({"adapters": [LORA], "max_loras": 0}, "'max_loras' must be a positive integer"),
+        ({"max_lora_rank": 16}, "'max_lora_rank' and 'max_loras' need 'adapters'"),
+        ({"extra_args": ["--lora-modules", "x=/tmp/x"]}, "must not repeat flags the spec sets"),
+        ({"extra_args": ["--enable_lora"]}, "must not repeat flags the spec sets"),
+    ],
+)
+def test_bad_adapters_name_the_setting(change, setting):
+    errors = vllm_spec.validate_instance({**BASE, **change})
+    assert any(setting in e for e in errors), errors

@@ -9,7 +9,8 @@ nginx) sends each request to the servers of the model its JSON body names.
 4. a model nobody serves gets 404 with an OpenAI-style error naming it and the served ones; a
    request that names no model (two are served, no default) or names it with a non-string, 400;
 5. without a valid key every path is 401, also the ones vLLM leaves open (/metrics, /health);
-6. an instance with two served names is reachable by both, and /v1/models lists each once;
+6. an instance with two served names is reachable by both, and /v1/models lists each once; a
+   LoRA adapter is listed, routed by its name and answers unlike its base model;
 7. the instance ports answer the gateway (and the host itself) only: from a third host and from
    the controller they are refused (vllm_server_firewall), while the gateway answers there.
    The direct clients of these tests reach the instances through SSH tunnels for that reason.
@@ -43,7 +44,11 @@ def _names(spec: dict[str, Any]) -> list[str]:
     return served if isinstance(served, list) else [served]
 
 
-NAMES = sorted(name for spec in SPECS for name in _names(spec))
+def _adapters(spec: dict[str, Any]) -> list[str]:
+    return [adapter["name"] for adapter in spec.get("adapters", [])]
+
+
+NAMES = sorted(name for spec in SPECS for name in _names(spec) + _adapters(spec))
 VLLM_HOST = "gateway-vllm-1"
 # The served name with a slash, dots, a colon and capitals.
 HUB_NAME = "Tiny/Llama.v1:seed0"
@@ -75,7 +80,7 @@ def direct(api_key: str) -> Iterator[dict[str, OpenAI]]:
             local = tunnels.enter_context(tunnel(VLLM_HOST, spec["port"]))
             url = f"http://127.0.0.1:{local}/v1"
             client = OpenAI(base_url=url, api_key=api_key, timeout=120, max_retries=0)
-            clients.update(dict.fromkeys(_names(spec), client))
+            clients.update(dict.fromkeys(_names(spec) + _adapters(spec), client))
         yield clients
 
 
@@ -127,6 +132,13 @@ def test_the_two_models_answer_differently(direct: dict[str, OpenAI]) -> None:
     # Otherwise the test above could not tell a misrouted request from a routed one.
     answers = {_complete(direct[_names(spec)[0]], _names(spec)[0])[0] for spec in SPECS}
     assert len(answers) == len(SPECS), answers
+
+
+def test_an_adapter_answers_unlike_its_base_model(gateway: OpenAI) -> None:
+    spec = next(spec for spec in SPECS if _adapters(spec))
+    base, adapter = _names(spec)[0], _adapters(spec)[0]
+    # Its own answer (the test above compares it with the instance's), not the base model's.
+    assert _complete(gateway, adapter)[0] != _complete(gateway, base)[0]
 
 
 def test_every_name_of_an_instance_reaches_it(gateway: OpenAI) -> None:
