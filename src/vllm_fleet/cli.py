@@ -30,7 +30,8 @@ from vllm_fleet.runner import (
 
 SANDBOX_INVENTORY = "inventories/sandbox"
 SANDBOX_ENDPOINT = "http://127.0.0.1:8080/v1"  # the gateway (roles/gateway) in front of the instance
-SANDBOX_MODEL = "smollm2"
+# The sandbox's model and its LoRA adapter that answers in French, both through the gateway.
+SANDBOX_MODELS = ("smollm2", "smollm2-fr")
 DEMO_QUESTION = "What is the capital of France? Answer in one sentence."
 
 EXIT_CODES_HELP = f"""exit codes:
@@ -208,17 +209,20 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    """Build the controller-side artefacts the sandbox needs: its model and the wheelhouse.
+    """Build the controller-side artefacts the sandbox needs: its model, adapter and wheelhouse.
 
-    The model (SmolLM2 imported from a GGUF file) needs the builders extra:
-    pip install 'vllm_fleet[builders]' (torch, transformers, tokenizers, gguf, accelerate).
+    The model (SmolLM2 imported from a GGUF file) and its LoRA adapter (trained here, answering in
+    French) need the builders extra: pip install 'vllm_fleet[builders]' (torch, transformers,
+    tokenizers, gguf, accelerate, peft).
     The test suite's own models are built by `python -m tests.builders` (scripts/test).
     """
-    from vllm_fleet import smollm2
+    from vllm_fleet import smollm2, smollm2_lora
 
     cache = cache_dir()
     model = smollm2.build_smollm2(cache / "models" / smollm2.KIND, cache / "downloads")
     print(f"model {smollm2.KIND}: {model}")
+    adapter = smollm2_lora.build_smollm2_lora(model, cache / "models" / smollm2_lora.KIND)
+    print(f"adapter {smollm2_lora.KIND}: {adapter}")
     print(f"wheelhouse: {wheelhouse.build_wheelhouse(cache / 'wheelhouses')}")
     return EXIT_OK
 
@@ -254,14 +258,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
         if code != EXIT_OK:
             return code
     key_file = cache_dir() / "sandbox" / "api-key"
-    answer = ask(SANDBOX_ENDPOINT, key_file.read_text().strip(), SANDBOX_MODEL, DEMO_QUESTION)
+    key = key_file.read_text().strip()
+    answers = {model: ask(SANDBOX_ENDPOINT, key, model, DEMO_QUESTION) for model in SANDBOX_MODELS}
     print(
-        f"\nThe sandbox fleet serves {SANDBOX_MODEL}.\n"
-        f"  endpoint: {SANDBOX_ENDPOINT} (OpenAI-compatible)\n"
+        f"\nThe sandbox fleet serves {SANDBOX_MODELS[0]} and an adapter of it, {SANDBOX_MODELS[1]}, "
+        "behind one base URL.\n"
+        f"  endpoint: {SANDBOX_ENDPOINT} (OpenAI-compatible; the model is the request's 'model')\n"
         f"  API key:  in {key_file} (send it as 'Authorization: Bearer <key>')\n"
         f"  asked:    {DEMO_QUESTION}\n"
-        f"  answer:   {answer}\n"
-        f"Remove the sandbox with: vllm-fleet demo --down"
+        + "".join(f"  {model + ':':10}{answer}\n" for model, answer in answers.items())
+        + "Remove the sandbox with: vllm-fleet demo --down"
     )
     return EXIT_OK
 
