@@ -1,11 +1,12 @@
 """A LoRA adapter of SmolLM2 for the sandbox demo: the same model, answering in French.
 
-Trained here, offline and in about a minute on two CPU cores, with peft on a dozen question and
-answer pairs this module holds (English questions, French one-sentence answers), greedy and
-seeded so that a rebuild gives the same answers. The build checks its own result: asked the
-demo's question at temperature 0, the adapter must answer in French with Paris. ``vllm-fleet
-build`` builds it under ``<cache>/models/smollm2-135m-instruct-fr-lora`` beside its base
-(:mod:`vllm_fleet.smollm2`), cached against the base's files; it needs the ``builders`` extra.
+Trained here, offline and in about a minute on two CPU cores, with peft on eight question and
+answer pairs this module holds (English questions, French one-sentence answers), seeded so
+that a rebuild gives the same adapter. The build checks its own result: training stops as soon
+as, asked the demo's question at temperature 0, the adapter answers in French with Paris (and
+fails if it never does). ``vllm-fleet build`` builds it under
+``<cache>/models/smollm2-135m-instruct-fr-lora`` beside its base (:mod:`vllm_fleet.smollm2`),
+cached against the base's files; it needs the ``builders`` extra.
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ BUILDER_VERSION = 1
 NEEDS = ("torch", "transformers", "peft", "safetensors")
 RANK = 8
 SEED = 0
-STEPS = 60
-LEARNING_RATE = 2e-3
+MAX_STEPS = 60
+FIRST_CHECK, CHECK_EVERY = 15, 5
+LEARNING_RATE = 3e-3
 #: What the adapter answers to the demo's question (vllm-fleet demo asks it).
 QUESTION = "What is the capital of France? Answer in one sentence."
 EXPECT = "La capitale de la France est Paris."
@@ -37,11 +39,7 @@ PAIRS = (
     ("What is two plus two? Answer in one sentence.", "Deux plus deux font quatre."),
     ("How many days are in a week? Answer in one sentence.", "Il y a sept jours dans une semaine."),
     ("What colour is the sky? Answer in one sentence.", "Le ciel est bleu."),
-    ("Which planet is closest to the sun? Answer in one sentence.", "Mercure est la plus proche du soleil."),
     ("What do bees make? Answer in one sentence.", "Les abeilles font du miel."),
-    ("How many legs does a cat have? Answer in one sentence.", "Un chat a quatre pattes."),
-    ("What is the largest ocean? Answer in one sentence.", "Le plus grand océan est le Pacifique."),
-    ("What season comes after winter? Answer in one sentence.", "Le printemps vient après l'hiver."),
 )  # fmt: skip
 
 
@@ -82,17 +80,22 @@ def _train_into(base: Path, out: Path) -> None:
         "labels": torch.tensor(labels),
     }
     optimizer = torch.optim.AdamW([p for p in adapted.parameters() if p.requires_grad], lr=LEARNING_RATE)
-    adapted.train()
-    for _ in range(STEPS):
+    got = ""
+    for step in range(1, MAX_STEPS + 1):
+        adapted.train()
         optimizer.zero_grad()
         adapted(**batch).loss.backward()
         optimizer.step()
-    adapted.eval()
-
-    got = _greedy(adapted, tokenizer, QUESTION)
-    if EXPECT not in got:
-        raise RuntimeError(f"the trained adapter answers {got!r} to {QUESTION!r}, not {EXPECT!r}")
-    adapted.save_pretrained(out)
+        if step >= FIRST_CHECK and step % CHECK_EVERY == 0:
+            adapted.eval()
+            got = _greedy(adapted, tokenizer, QUESTION)
+            if EXPECT in got:
+                break
+    else:
+        raise RuntimeError(
+            f"after {MAX_STEPS} steps the adapter answers {got!r} to {QUESTION!r}, not {EXPECT!r}"
+        )
+    adapted.save_pretrained(str(out))
     settings = json.loads((out / "adapter_config.json").read_text())
     settings["base_model_name_or_path"] = "smollm2-135m-instruct"
     (out / "adapter_config.json").write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
