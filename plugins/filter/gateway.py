@@ -7,6 +7,8 @@ from typing import Any
 from ansible_collections.vllm_fleet.serving.plugins.module_utils.gateway import (
     api_keys,
     backends,
+    client_access,
+    client_errors,
     errors,
     routes,
     upstreams,
@@ -23,4 +25,6 @@ class FilterModule:
             "gateway_api_keys": api_keys,
             "gateway_errors": errors,
             "gateway_routes": routes,
+            "gateway_client_errors": client_errors,
+            "gateway_client_access": client_access,
         }

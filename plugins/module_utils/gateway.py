@@ -24,6 +24,10 @@ from ansible_collections.vllm_fleet.serving.plugins.module_utils.vllm_spec impor
 PREFIX_SHADOWS_OPENAI = re.compile(r"^v[0-9]+(/|$)")
 # Names the backend host of each upstream server line (for people reading the file).
 HOST_MARKER = "# vllm-fleet host="
+# Named client keys (gateway_clients): a name for logs and limits, nginx's request rates.
+CLIENT_NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+RATE_PATTERN = re.compile(r"^[1-9][0-9]{0,5}r/[sm]$")
+CLIENT_KEYS = frozenset(("name", "keys", "models", "rate", "burst"))
 
 
 def backends(hosts: Iterable[str], hostvars: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -55,14 +59,16 @@ def _identifier(name: str, taken: set[str]) -> str:
     return ident
 
 
-def upstreams(backend_list: list[dict[str, Any]], default_model: str = "") -> list[dict[str, Any]]:
+def upstreams(
+    backend_list: list[dict[str, Any]], default_model: str = "", clients: bool = False
+) -> list[dict[str, Any]]:
     """One upstream per served model name and adapter name, sorted by name.
 
     Each: ``model`` (served name), ``upstream`` (nginx identifier), ``servers`` (host, address,
     port, instance), ``prefix`` (its path prefix, '' for names that would shadow OpenAI's
     paths), ``default`` (where a request that names no model goes: ``default_model``,
     else the only served name, adapters aside; none when several are served), ``keyed`` (whether clients need
-    a key for it).
+    a key for it: always with named client keys, ``clients``).
     """
     by_model: dict[str, list[dict[str, Any]]] = {}
     keyed: dict[str, bool] = {}
@@ -90,7 +96,7 @@ def upstreams(backend_list: list[dict[str, Any]], default_model: str = "") -> li
             "upstream": _identifier(name, taken),
             "servers": sorted(by_model[name], key=lambda s: (s["host"], s["port"])),
             "default": name == default,
-            "keyed": keyed[name],
+            "keyed": keyed[name] or clients,
             "prefix": "" if PREFIX_SHADOWS_OPENAI.match(name) else f"/{name}/",
         }
         for name in names
@@ -141,6 +147,113 @@ def errors(backend_list: list[dict[str, Any]], default_model: str = "") -> list[
             f"{', '.join(sorted(served)) or 'none'}"
         )
     return found
+
+
+def client_errors(
+    clients: Any, upstream_list: list[dict[str, Any]], backend_list: list[dict[str, Any]]
+) -> list[str]:
+    """Errors of gateway_clients (empty: none, or all valid), each naming the setting. Never shows a key.
+
+    With named clients the gateway sends each model's servers one internal key of their own, so
+    a model's instances must share one key (or have none), and no client may hold one of them.
+    """
+    if not isinstance(clients, list):
+        return [
+            "gateway_clients must be a list of clients ({name, keys, models, rate, burst}), "
+            f"got {type(clients).__name__}"
+        ]
+    found = []
+    routable = {u["model"] for u in upstream_list}
+    internal = {key for keys in api_keys(backend_list).values() for key in keys}
+    seen_names: set[str] = set()
+    seen_keys: set[str] = set()
+    for position, client in enumerate(clients):
+        where = f"gateway_clients[{position}]"
+        if not isinstance(client, dict) or not {"name", "keys"} <= set(client) or set(client) - CLIENT_KEYS:
+            found.append(f"{where} must be a mapping of name and keys, and optionally models, rate and burst")
+            continue
+        name = client["name"]
+        if not (isinstance(name, str) and CLIENT_NAME_PATTERN.match(name)):
+            found.append(f"{where}: 'name' must match {CLIENT_NAME_PATTERN.pattern}, got {name!r}")
+        elif name in seen_names:
+            found.append(f"{where}: 'name' {name!r} is used by another client")
+        else:
+            seen_names.add(name)
+        where = f"gateway_clients[{position}] ({name})"
+        keys = client["keys"]
+        if not isinstance(keys, list) or not keys:
+            found.append(f"{where}: 'keys' must be a list of one or more keys (two while one is rotated)")
+        else:
+            for index, key in enumerate(keys):
+                if not (isinstance(key, str) and API_KEY_PATTERN.match(key)):
+                    found.append(f"{where}: keys[{index}] must be letters, digits and ._~+/=- only")
+                elif key in seen_keys:
+                    found.append(f"{where}: keys[{index}] is also another client's (or this one's) key")
+                elif key in internal:
+                    found.append(
+                        f"{where}: keys[{index}] is an instance's own key (vllm_server_api_key(s)), which "
+                        "only the gateway may hold"
+                    )
+                else:
+                    seen_keys.add(key)
+        models = client.get("models")
+        if models is not None:
+            if not isinstance(models, list) or not all(isinstance(m, str) for m in models):
+                found.append(f"{where}: 'models' must be a list of served names or adapters, got {models!r}")
+            else:
+                unknown = sorted(set(models) - routable)
+                if unknown:
+                    found.append(
+                        f"{where}: 'models' names what no instance serves: {unknown}; served: "
+                        f"{', '.join(sorted(routable))}"
+                    )
+        rate = client.get("rate")
+        if rate is not None and not (isinstance(rate, str) and RATE_PATTERN.match(rate)):
+            found.append(
+                f"{where}: 'rate' must be requests per second or minute (e.g. 10r/s, 600r/m), got {rate!r}"
+            )
+        burst = client.get("burst")
+        if burst is not None and (
+            rate is None or not isinstance(burst, int) or isinstance(burst, bool) or burst < 0
+        ):
+            found.append(f"{where}: 'burst' must be an integer >= 0, with a 'rate', got {burst!r}")
+    if clients:
+        for model, keys in api_keys(backend_list).items():
+            keyless = any(
+                not _instance_key(backend, spec["name"])
+                for backend in backend_list
+                for spec in backend["instances"]
+                if model in routable_names(spec)
+            )
+            if len(keys) > 1 or (keys and keyless):
+                found.append(
+                    f"gateway_clients: the instances of {model!r} have different API keys; the gateway "
+                    "sends one internal key per model: give them one vllm_server_api_key"
+                )
+    return found
+
+
+def client_access(clients: list[dict[str, Any]], upstream_list: list[dict[str, Any]]) -> dict[str, Any]:
+    """What nginx needs of valid gateway_clients (secrets): each key's client name, each
+    upstream's client names, and each rate-limited client's zone, rate and burst."""
+    by_key = {key: c["name"] for c in clients for key in c["keys"]}
+    allowed = {
+        u["upstream"]: sorted(
+            c["name"] for c in clients if c.get("models") is None or u["model"] in c["models"]
+        )
+        for u in upstream_list
+    }
+    limits = [
+        {
+            "client": c["name"],
+            "zone": "vllm_fleet_rate_" + re.sub(r"\W", "_", c["name"]),
+            "rate": c["rate"],
+            "burst": int(c.get("burst") or 0),
+        }
+        for c in clients
+        if c.get("rate")
+    ]
+    return {"by_key": dict(sorted(by_key.items())), "allowed": allowed, "limits": limits}
 
 
 def server_line(server: Mapping[str, Any], max_fails: int, fail_timeout: int, down: bool) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import pytest
 from ansible_collections.vllm_fleet.serving.plugins.module_utils import gateway
 
 SPEC = {"name": "chat", "model": "smollm2-135m-instruct", "revision": "r1", "port": 8000}
@@ -149,3 +150,69 @@ def test_adapters_are_routed_to_their_instance_and_the_base_stays_the_default() 
     ]
     assert gateway.api_keys(backends) == {"smollm2-135m-instruct": ["k1"], "sql": ["k1"]}
     assert gateway.errors(backends, "sql") == []
+
+
+CLIENTS = [
+    {"name": "chatbot", "keys": ["c-old", "c-new"], "rate": "20r/s", "burst": 40},
+    {"name": "sql.team", "keys": ["s-1"], "models": ["coder"]},
+]
+
+
+def test_named_clients_map_keys_to_names_models_and_rates() -> None:
+    other = {**SPEC, "name": "code", "served_model_name": "coder", "port": 8001}
+    backends = [_backend("h1", SPEC, other, key="internal")]
+    ups = gateway.upstreams(backends, clients=True)
+    assert gateway.client_errors(CLIENTS, ups, backends) == []
+    access = gateway.client_access(CLIENTS, ups)
+    assert access["by_key"] == {"c-new": "chatbot", "c-old": "chatbot", "s-1": "sql.team"}
+    by_model = {u["model"]: access["allowed"][u["upstream"]] for u in ups}
+    assert by_model == {"coder": ["chatbot", "sql.team"], "smollm2-135m-instruct": ["chatbot"]}
+    assert access["limits"] == [
+        {"client": "chatbot", "zone": "vllm_fleet_rate_chatbot", "rate": "20r/s", "burst": 40}
+    ]
+    # With named clients every model needs a client key, also those whose instances have none.
+    assert all(u["keyed"] for u in gateway.upstreams([_backend("h1", SPEC)], clients=True))
+
+
+@pytest.mark.parametrize(
+    ("clients", "expected"),
+    [
+        ({"name": "x"}, "gateway_clients must be a list"),
+        ([{"name": "x"}], "gateway_clients[0] must be a mapping of name and keys"),
+        ([{"name": "x", "keys": ["k"], "quota": 5}], "gateway_clients[0] must be a mapping"),
+        ([{"name": "Has Space", "keys": ["k"]}], "gateway_clients[0]: 'name' must match"),
+        (
+            [{"name": "a", "keys": ["k"]}, {"name": "a", "keys": ["j"]}],
+            "'name' 'a' is used by another client",
+        ),
+        ([{"name": "a", "keys": []}], "'keys' must be a list of one or more keys"),
+        ([{"name": "a", "keys": ["has space"]}], "keys[0] must be letters, digits"),
+        (
+            [{"name": "a", "keys": ["k"]}, {"name": "b", "keys": ["k"]}],
+            "(b): keys[0] is also another client's",
+        ),
+        ([{"name": "a", "keys": ["k-secret-7"]}], "keys[0] is an instance's own key"),
+        (
+            [{"name": "a", "keys": ["k"], "models": ["nope"]}],
+            "'models' names what no instance serves: ['nope']",
+        ),
+        ([{"name": "a", "keys": ["k"], "rate": "10/s"}], "'rate' must be requests per second or minute"),
+        ([{"name": "a", "keys": ["k"], "burst": 5}], "'burst' must be an integer >= 0, with a 'rate'"),
+    ],
+)
+def test_bad_clients_name_the_setting_and_never_the_key(clients: object, expected: str) -> None:
+    backends = [_backend("h1", SPEC, key="k-secret-7")]
+    found = gateway.client_errors(clients, gateway.upstreams(backends, clients=True), backends)
+    assert any(expected in error for error in found), found
+    assert not [error for error in found if "k-secret-7" in error]
+
+
+def test_named_clients_need_one_internal_key_per_model() -> None:
+    backends = [_backend("h1", SPEC, key="k-one"), _backend("h2", SPEC, key="k-two")]
+    found = gateway.client_errors(
+        [{"name": "a", "keys": ["c"]}], gateway.upstreams(backends, clients=True), backends
+    )
+    assert found == [
+        "gateway_clients: the instances of 'smollm2-135m-instruct' have different API keys; the gateway "
+        "sends one internal key per model: give them one vllm_server_api_key"
+    ]

@@ -35,8 +35,13 @@ from scenario_hosts import address, on_host, tunnel
 
 from vllm_fleet.paths import cache_dir
 
-HOST_VARS = Path(__file__).resolve().parents[1] / "host_vars" / "gateway-vllm-1.yml"
-SPECS: list[dict[str, Any]] = yaml.safe_load(HOST_VARS.read_text())["vllm_server_instances"]
+HOST_VARS = Path(__file__).resolve().parents[1] / "host_vars"
+SPECS: list[dict[str, Any]] = yaml.safe_load((HOST_VARS / "gateway-vllm-1.yml").read_text())[
+    "vllm_server_instances"
+]
+CLIENTS = {
+    c["name"]: c for c in yaml.safe_load((HOST_VARS / "gateway-gw.yml").read_text())["gateway_clients"]
+}
 
 
 def _names(spec: dict[str, Any]) -> list[str]:
@@ -62,8 +67,15 @@ PROMPT = "The capital of France is"
 
 
 @pytest.fixture(scope="module")
-def api_key() -> str:
+def instance_key() -> str:
+    """The instances' own key: the gateway holds it, clients never do."""
     return (cache_dir() / "sandbox" / "api-key").read_text().strip()
+
+
+@pytest.fixture(scope="module")
+def api_key() -> str:
+    """A client key that opens every model (gateway_clients)."""
+    return str(CLIENTS["everything"]["keys"][-1])
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +89,7 @@ def gateway(gateway_url: str, api_key: str) -> OpenAI:
 
 
 @pytest.fixture(scope="module")
-def direct(api_key: str) -> Iterator[dict[str, OpenAI]]:
+def direct(instance_key: str) -> Iterator[dict[str, OpenAI]]:
     """A client straight to each served name's own instance (its port on the vLLM host, through an
     SSH tunnel: the firewall admits only the gateway and the host itself)."""
     with contextlib.ExitStack() as tunnels:
@@ -85,7 +97,7 @@ def direct(api_key: str) -> Iterator[dict[str, OpenAI]]:
         for spec in SPECS:
             local = tunnels.enter_context(tunnel(VLLM_HOST, spec["port"]))
             url = f"http://127.0.0.1:{local}/v1"
-            client = OpenAI(base_url=url, api_key=api_key, timeout=120, max_retries=0)
+            client = OpenAI(base_url=url, api_key=instance_key, timeout=120, max_retries=0)
             clients.update(dict.fromkeys(_names(spec) + _adapters(spec), client))
         yield clients
 
@@ -219,3 +231,45 @@ def test_every_path_needs_a_valid_key(gateway_url: str, method: str, path: str, 
     status, answer = _request(f"{gateway_url}{path}", method, {"model": "wide", "prompt": PROMPT}, key)
     assert status == 401, answer
     assert answer["error"]["code"] == 401
+
+
+def test_each_client_key_opens_its_models_only(gateway_url: str) -> None:
+    limited = OpenAI(
+        base_url=f"{gateway_url}/v1", api_key=CLIENTS["wide-only"]["keys"][0], timeout=120, max_retries=0
+    )
+    assert sorted(model.id for model in limited.models.list().data) == sorted(CLIENTS["wide-only"]["models"])
+    assert _complete(limited, "wide")[1] == "wide"
+    with pytest.raises(openai.PermissionDeniedError) as raised:
+        _complete(limited, HUB_NAME)
+    assert raised.value.status_code == 403 and HUB_NAME in str(raised.value.body)
+
+
+def test_both_keys_of_a_client_in_rotation_work(gateway_url: str) -> None:
+    for key in CLIENTS["everything"]["keys"]:
+        status, answer = _request(
+            f"{gateway_url}/v1/completions", "POST", {"model": "wide", "prompt": PROMPT}, key
+        )
+        assert status == 200, answer
+
+
+def test_the_instances_own_key_does_not_open_the_gateway(gateway_url: str, instance_key: str) -> None:
+    status, answer = _request(
+        f"{gateway_url}/v1/completions", "POST", {"model": "wide", "prompt": PROMPT}, instance_key
+    )
+    assert status == 401, answer
+
+
+def test_a_client_over_its_rate_gets_429(gateway_url: str) -> None:
+    key = CLIENTS["limited"]["keys"][0]
+    replies = [_request(f"{gateway_url}/v1/models", "GET", {}, key) for _ in range(3)]
+    # 1r/s, no burst: the first passes, the ones right after it are refused, in OpenAI's shape.
+    assert replies[0][0] == 200, replies[0]
+    refused = [answer for status, answer in replies[1:] if status == 429]
+    assert refused and refused[0]["error"]["type"] == "rate_limit_error", replies
+
+
+def test_the_access_log_names_clients_and_holds_no_key(api_key: str, instance_key: str) -> None:
+    log = on_host("gateway-gw", "cat", "/var/log/nginx/access.log")
+    assert " everything [" in log and " wide-only [" in log
+    secrets = [instance_key] + [key for client in CLIENTS.values() for key in client["keys"]]
+    assert not [key for key in secrets if key in log]
