@@ -261,7 +261,7 @@ def test_the_instances_own_key_does_not_open_the_gateway(gateway_url: str, insta
 
 def test_a_client_over_its_rate_gets_429(gateway_url: str) -> None:
     key = CLIENTS["limited"]["keys"][0]
-    replies = [_request(f"{gateway_url}/v1/models", "GET", {}, key) for _ in range(3)]
+    replies = [_request(f"{gateway_url}/v1/models", "GET", {}, key) for _attempt in range(3)]
     # 1r/s, no burst: the first passes, the ones right after it are refused, in OpenAI's shape.
     assert replies[0][0] == 200, replies[0]
     refused = [answer for status, answer in replies[1:] if status == 429]
