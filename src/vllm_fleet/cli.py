@@ -260,13 +260,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     key_file = cache_dir() / "sandbox" / "api-key"
     key = key_file.read_text().strip()
     answers = {model: ask(SANDBOX_ENDPOINT, key, model, DEMO_QUESTION) for model in SANDBOX_MODELS}
+    width = max(len(model) for model in SANDBOX_MODELS) + 2
     print(
         f"\nThe sandbox fleet serves {SANDBOX_MODELS[0]} and an adapter of it, {SANDBOX_MODELS[1]}, "
         "behind one base URL.\n"
         f"  endpoint: {SANDBOX_ENDPOINT} (OpenAI-compatible; the model is the request's 'model')\n"
         f"  API key:  in {key_file} (send it as 'Authorization: Bearer <key>')\n"
         f"  asked:    {DEMO_QUESTION}\n"
-        + "".join(f"  {model + ':':10}{answer}\n" for model, answer in answers.items())
+        + "".join(f"  {model + ':':{width}}{answer}\n" for model, answer in answers.items())
         + "Remove the sandbox with: vllm-fleet demo --down"
     )
     return EXIT_OK
