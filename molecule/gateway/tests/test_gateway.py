@@ -13,7 +13,12 @@ nginx) sends each request to the servers of the model its JSON body names.
    LoRA adapter is listed, routed by its name and answers unlike its base model;
 7. the instance ports answer the gateway (and the host itself) only: from a third host and from
    the controller they are refused (vllm_server_firewall), while the gateway answers there.
-   The direct clients of these tests reach the instances through SSH tunnels for that reason.
+   The direct clients of these tests reach the instances through SSH tunnels for that reason;
+8. named client keys: a key limited to one model gets 403 on the other, both keys of a client
+   in rotation work, the instances' own key does not open the gateway, a client over its rate
+   gets 429, and the access log names clients and holds no key;
+9. a rolling change of the second server of `wide` (gateway-vllm-2: drained at the gateway,
+   restarted, gated, back) under the OpenAI client's load on that model: 0 failed requests.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import yaml
 from openai import OpenAI
 from scenario_hosts import address, on_host, tunnel
 
+from vllm_fleet.loadgen import LoadGenerator
 from vllm_fleet.paths import cache_dir
 
 HOST_VARS = Path(__file__).resolve().parents[1] / "host_vars"
@@ -273,3 +279,26 @@ def test_the_access_log_names_clients_and_holds_no_key(api_key: str, instance_ke
     assert " everything [" in log and " wide-only [" in log
     secrets = [instance_key] + [key for client in CLIENTS.values() for key in client["keys"]]
     assert not [key for key in secrets if key in log]
+
+
+def test_a_host_drained_under_load_fails_no_request(
+    gateway_url: str, api_key: str, run_playbook: Any
+) -> None:
+    """The last test: it rolls gateway-vllm-2 (its env names the round), drained while `wide`
+    keeps answering from gateway-vllm-1; every request of the load must succeed."""
+    before = on_host(
+        "gateway-vllm-2", "systemctl", "show", "-p", "InvocationID", "--value", "vllm-wide.service"
+    )
+    load = LoadGenerator(f"{gateway_url}/v1", api_key, "wide", workers=2, pause=0.2)
+    with load:
+        assert load.wait_for(4, timeout=120), load.report.failures[:3]
+        done = run_playbook("site.yml", {"gateway_test_round": 1}, timeout=900)
+        load.wait_for(load.report.total + 4, timeout=120)
+    assert done.rc == 0, done.output[-3000:]
+    after = on_host(
+        "gateway-vllm-2", "systemctl", "show", "-p", "InvocationID", "--value", "vllm-wide.service"
+    )
+    assert after.strip() != before.strip(), "gateway-vllm-2's instance did not restart"
+    print(f"\nload during the drain: {json.dumps(load.report.summary())}")
+    assert load.report.failed == 0, [f.error for f in load.report.failures[:5]]
+    assert load.report.total >= 8
