@@ -15,6 +15,11 @@ def read_text(path: str) -> str | None:
         return None
 
 
+def file_diff(path: str, before: str | None, after: str) -> dict[str, str]:
+    """A module result's diff of one file's text (diff mode), an absent file shown empty."""
+    return {"before_header": path, "after_header": path, "before": before or "", "after": after}
+
+
 def write_text_atomic(path: str, content: str, mode: int = 0o644) -> None:
     """Replace ``path`` with ``content``: a reader sees the old file or the new one, whole."""
     fd, temp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".vllm-fleet-")

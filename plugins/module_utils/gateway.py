@@ -164,7 +164,8 @@ def client_errors(
         ]
     found = []
     routable = {u["model"] for u in upstream_list}
-    internal = {key for keys in api_keys(backend_list).values() for key in keys}
+    internal_keys = api_keys(backend_list)
+    internal = {key for keys in internal_keys.values() for key in keys}
     seen_names: set[str] = set()
     seen_keys: set[str] = set()
     for position, client in enumerate(clients):
@@ -218,7 +219,7 @@ def client_errors(
         ):
             found.append(f"{where}: 'burst' must be an integer >= 0, with a 'rate', got {burst!r}")
     if clients:
-        for model, keys in api_keys(backend_list).items():
+        for model, keys in internal_keys.items():
             keyless = any(
                 not _instance_key(backend, spec["name"])
                 for backend in backend_list

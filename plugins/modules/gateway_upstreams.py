@@ -82,7 +82,11 @@ import time  # noqa: E402
 from typing import Any  # noqa: E402
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
-from ansible_collections.vllm_fleet.serving.plugins.module_utils.files import read_text, write_text_atomic  # noqa: E402
+from ansible_collections.vllm_fleet.serving.plugins.module_utils.files import (  # noqa: E402
+    file_diff,
+    read_text,
+    write_text_atomic,
+)
 from ansible_collections.vllm_fleet.serving.plugins.module_utils.gateway import new_state, upstream_blocks  # noqa: E402
 
 # After a reload nginx returns once signalled; give the new workers this long to take over.
@@ -141,12 +145,7 @@ def _converge(module: AnsibleModule, state_path: str, conf_path: str) -> dict[st
     changed = state_text != old_state_text or conf != old_conf
     result = {"changed": changed, "drained": state["drained"]}
     if module._diff and conf != old_conf:
-        result["diff"] = {
-            "before_header": conf_path,
-            "after_header": conf_path,
-            "before": old_conf or "",
-            "after": conf,
-        }
+        result["diff"] = file_diff(conf_path, old_conf, conf)
     if not changed or module.check_mode:
         return result
 

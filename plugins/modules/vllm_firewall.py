@@ -70,7 +70,11 @@ import os  # noqa: E402
 from typing import Any  # noqa: E402
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
-from ansible_collections.vllm_fleet.serving.plugins.module_utils.files import read_text, write_text_atomic  # noqa: E402
+from ansible_collections.vllm_fleet.serving.plugins.module_utils.files import (  # noqa: E402
+    file_diff,
+    read_text,
+    write_text_atomic,
+)
 from ansible_collections.vllm_fleet.serving.plugins.module_utils.firewall import TABLE, ruleset  # noqa: E402
 
 UNIT_NAME = "vllm-fleet-firewall.service"
@@ -137,13 +141,7 @@ def main() -> None:
     changed = wanted != old or unit != old_unit or not loaded_now
     result: dict[str, Any] = {"changed": changed, "ruleset": wanted, "loaded": False}
     if module._diff and wanted != old:
-        header = p["path"]
-        result["diff"] = {
-            "before_header": header,
-            "after_header": header,
-            "before": old or "",
-            "after": wanted,
-        }
+        result["diff"] = file_diff(p["path"], old, wanted)
     if not changed or module.check_mode:
         module.exit_json(**result)
 
