@@ -11,7 +11,7 @@ the whole time, and measures in one run:
 1. steady state: latency p50/p99 over --steady seconds;
 2. bare restarts: each vLLM host's instance restarted in turn (systemctl restart, no drain) and
    timed until it serves a completion again; their sum is the baseline;
-3. site.yml with the other good revision of SmolLM2 (a rolling upgrade): the wall time of the
+3. site.yml with the other good revision of the tiny model (a rolling upgrade): the wall time of the
    whole playbook and of its rolling phase (first host drained to last host back), each as a
    ratio to the baseline, the per-host orchestration overhead ((wall - baseline) / hosts), the
    tasks each host ran in the rolling phase, latency p50/p99 and failed requests during it;
@@ -42,9 +42,9 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "molecule"))
 sys.path.insert(0, str(ROOT / "molecule" / "fleet" / "tests"))
 
-from fleet_scenario import GATEWAY, INSTANCE, UNIT, VLLM_HOSTS, address, on_host, revision, target  # noqa: E402
+from fleet_scenario import INSTANCE, UNIT, VLLM_HOSTS, address, golden_load, on_host, revision, target  # noqa: E402
 
-from vllm_fleet.loadgen import LoadGenerator, LoadReport  # noqa: E402
+from vllm_fleet.loadgen import LoadReport  # noqa: E402
 from vllm_fleet.paths import cache_dir  # noqa: E402
 
 # Where the rolling phase starts (site.yml stages every host first; rollback.yml does not), and
@@ -168,14 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"the fleet is not on {first} everywhere: converge the fleet scenario again")
 
     results: dict[str, Any] = {"hosts": len(VLLM_HOSTS), "workers": args.workers, "pause_s": args.pause}
-    load = LoadGenerator(
-        f"http://{address(GATEWAY)}/v1",
-        key,
-        INSTANCE["served_model_name"],
-        workers=args.workers,
-        expect="Paris",
-        pause=args.pause,
-    )
+    load = golden_load(key, args.workers, args.pause)
     with load:
         load.wait_for(args.workers, timeout=120)
         log(f"steady state for {args.steady:.0f} s")

@@ -1,7 +1,7 @@
 """The test models' builders: offline, deterministic, into the cache the tests read.
 
-Two tiny random Llamas and two revisions of SmolLM2, all served by the real (CPU) vLLM in the
-Molecule scenarios:
+Two tiny random Llamas, a LoRA adapter and two more revisions of the first, all served by the
+real (CPU) vLLM in the Molecule scenarios:
 
 ``tiny-llama``
     A 2-layer Llama with random weights from a fixed seed and a byte-level BPE tokenizer trained
@@ -18,9 +18,10 @@ Molecule scenarios:
     both matrices random from a fixed seed, so that base and adapter answer differently at
     temperature 0): what an instance's ``adapters`` serve (:func:`build_tiny_lora`).
 
-``smollm2-135m-instruct-second``, ``smollm2-135m-instruct-broken``
-    Revisions of SmolLM2 (:mod:`vllm_fleet.smollm2`, built by ``vllm-fleet build``) for rolling
-    upgrades and their gate (:func:`build_revision`).
+``tiny-llama-second``, ``tiny-llama-broken``
+    Revisions of ``tiny-llama`` for rolling upgrades and their gate (:func:`build_revision`): the
+    fleet scenario rolls them through three hosts under load, where a model that answers in
+    milliseconds leaves the two cores to the restarts (SmolLM2 took seconds per answer there).
 
 Every build is atomic, cached and readable by other users (:mod:`vllm_fleet.builds`). Heavy
 libraries (the ``builders`` extra) are imported inside the builders, only when something is
@@ -460,17 +461,16 @@ def build_tiny_lora(base: Path, dest: Path) -> Path:
 def build_all(cache: Path) -> dict[str, Path]:
     """Build every test model under ``cache/models`` and return their directories by name.
 
-    The SmolLM2 revisions derive from ``cache/models/smollm2-135m-instruct``, which ``vllm-fleet
-    build`` makes (and which is built here too when it is not there yet).
+    SmolLM2 (``cache/models/smollm2-135m-instruct``, which ``vllm-fleet build`` makes for the
+    sandbox and some scenarios read) is built here too when it is not there yet.
     """
     models = Path(cache) / "models"
     built = {kind: build_tiny_llama(models / kind, kind) for kind in TINY_LLAMAS}
     built["tiny-llama-lora"] = build_tiny_lora(built["tiny-llama"], models / "tiny-llama-lora")
-    base = smollm2.build_smollm2(models / smollm2.KIND, Path(cache) / "downloads")
-    # A second good revision and a broken one of SmolLM2, for rolling upgrades and their gate.
+    # A second good revision and a broken one of the tiny model, for rolling upgrades and their gate.
     for kind in REVISION_KINDS:
-        name = f"{smollm2.KIND}-{kind}"
-        built[name] = build_revision(base, models / name, kind)
+        built[f"tiny-llama-{kind}"] = build_revision(built["tiny-llama"], models / f"tiny-llama-{kind}", kind)
+    built[smollm2.KIND] = smollm2.build_smollm2(models / smollm2.KIND, Path(cache) / "downloads")
     return built
 
 
@@ -480,7 +480,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m tests.builders",
         description=(
             "Build the test models (tiny-llama, tiny-llama-wide, the LoRA adapter tiny-llama-lora, "
-            "SmolLM2's second and broken revisions) offline."
+            "tiny-llama's second and broken revisions, and SmolLM2 if vllm-fleet build has not) offline."
         ),
     )
     parser.add_argument(

@@ -24,16 +24,6 @@ ROOT = Path(__file__).resolve().parents[2]
 SCENARIOS = sorted(p.parent.name for p in (ROOT / "molecule").glob("*/molecule.yml"))
 # Scenarios that need what these machines cannot reach, and the variable that provides it.
 NEEDS = {
-    # Not a need of the machine but of CI's 90 minutes: alone it takes 27 to 32 minutes on a fast
-    # machine of this kind (the other scenarios together about 30), and CI's machines have been
-    # twice as slow; it ran past its 45-minute limit in a full run once. It runs on request until
-    # tests get cheaper (issue 14). The others run in CI.
-    "fleet": (
-        "VLLM_FLEET_RUN_FLEET",
-        "the fleet scenario ran past its 45-minute limit in a full run on 2 cores, more than CI's "
-        "90 minutes hold beside the other scenarios: set VLLM_FLEET_RUN_FLEET=1 to run it (or "
-        "`molecule test -s fleet` alone)",
-    ),
     "python_env_conda": (
         "VLLM_FLEET_CONDA_INSTALLER",
         "no conda distribution or channel is reachable here: set VLLM_FLEET_CONDA_INSTALLER to a "
@@ -68,8 +58,8 @@ def test_molecule_scenario(scenario: str) -> None:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
-            # The fleet scenario takes about 27 minutes on 2 cores: room for a slower machine.
-            timeout=2700,
+            # The longest scenario (fleet) takes about 13 minutes on 2 cores: room for a slower machine.
+            timeout=2400,
             check=False,
         )
     except subprocess.TimeoutExpired as expired:

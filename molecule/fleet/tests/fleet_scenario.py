@@ -1,8 +1,9 @@
 """What the fleet scenario's tests and benchmarks/upgrade.py both need to know of its hosts.
 
 The hosts, the instance every vLLM host serves (host_vars/), how to reach a host (scenario_hosts,
-shared by every scenario), which model revision a host runs, and the extra vars that make a
-revision the fleet's target.
+shared by every scenario), which model revision a host runs, the extra vars that make a
+revision the fleet's target, and the load generator that asks the instance's golden prompt
+through the gateway.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 import yaml
 from scenario_hosts import address, on_host
 
+from vllm_fleet.loadgen import LoadGenerator
 from vllm_fleet.paths import cache_dir
 
 SCENARIO = Path(__file__).resolve().parents[1]
@@ -21,7 +23,19 @@ VLLM_HOSTS = ("fleet-vllm-1", "fleet-vllm-2", "fleet-vllm-3")
 GATEWAY = "fleet-gateway"
 INSTANCE: dict[str, Any] = HOST_VARS["vllm_server_instances"][0]
 UNIT = f"vllm-{INSTANCE['name']}.service"
-__all__ = ["GATEWAY", "INSTANCE", "UNIT", "VLLM_HOSTS", "address", "on_host", "revision", "target"]
+GOLDEN: dict[str, Any] = HOST_VARS["vllm_server_golden_prompts"][INSTANCE["name"]]
+__all__ = [
+    "GATEWAY",
+    "GOLDEN",
+    "INSTANCE",
+    "UNIT",
+    "VLLM_HOSTS",
+    "address",
+    "golden_load",
+    "on_host",
+    "revision",
+    "target",
+]
 
 
 def revision(host: str) -> str:
@@ -43,3 +57,17 @@ def target(revision_name: str) -> dict[str, Any]:
         ],
         "vllm_server_instances": [{**INSTANCE, "revision": revision_name}],
     }
+
+
+def golden_load(key: str, workers: int, pause: float) -> LoadGenerator:
+    """Clients asking the golden prompt through the gateway: an answer without its text fails."""
+    return LoadGenerator(
+        f"http://{address(GATEWAY)}/v1",
+        key,
+        INSTANCE["served_model_name"],
+        workers=workers,
+        prompt=GOLDEN["prompt"],
+        expect=GOLDEN["expect"],
+        max_tokens=GOLDEN["max_tokens"],
+        pause=pause,
+    )

@@ -18,8 +18,9 @@ The tests run in file order and build on each other (three vLLM hosts, one nginx
 Before any of it, a batch size that would drain every host at once is refused, nothing changed.
 
 The load generator (vllm_fleet.loadgen) uses the official OpenAI client through the gateway,
-streaming and non-streaming, with the client's retries off; a request fails on any error, on a
-stream cut short, and on an answer without "Paris". Times and counts are printed (pytest -s).
+streaming and non-streaming, with the client's retries off; it asks the instance's golden prompt,
+and a request fails on any error, on a stream cut short, and on an answer without the golden
+text (the broken revision answers otherwise). Times and counts are printed (pytest -s).
 """
 
 from __future__ import annotations
@@ -31,14 +32,24 @@ import urllib.request
 from typing import Any
 
 import pytest
-from fleet_scenario import GATEWAY, INSTANCE, UNIT, VLLM_HOSTS, address, on_host, revision, target
+from fleet_scenario import (
+    GATEWAY,
+    INSTANCE,
+    UNIT,
+    VLLM_HOSTS,
+    address,
+    golden_load,
+    on_host,
+    revision,
+    target,
+)
 
 from vllm_fleet.loadgen import LoadGenerator
 from vllm_fleet.paths import cache_dir
 
 MODEL = INSTANCE["served_model_name"]
 FIRST = INSTANCE["revision"]
-# Revisions `python -m tests.builders` derives from SmolLM2 (tests/builders/models.py).
+# Revisions `python -m tests.builders` derives from tiny-llama (tests/builders/models.py).
 SECOND, BROKEN = "second", "broken"
 SITE, ROLLBACK = "site.yml", "playbooks/rollback.yml"
 # A flag vLLM 0.32 does not know: extra_args reach vLLM as they are, and its parser exits.
@@ -78,9 +89,7 @@ def _recap_changed(output: str) -> dict[str, int]:
 
 def _under_load(run: Any) -> tuple[Any, LoadGenerator]:
     """Call run() while the load generator sends requests through the gateway."""
-    load = LoadGenerator(
-        f"{_gateway_url()}/v1", _api_key(), MODEL, workers=WORKERS, expect="Paris", pause=PAUSE
-    )
+    load = golden_load(_api_key(), WORKERS, PAUSE)
     with load:
         assert load.wait_for(WORKERS * 2, timeout=120), (
             f"no load through the gateway: {load.report.failures[:3]}"
