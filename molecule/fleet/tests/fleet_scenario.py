@@ -26,7 +26,6 @@ UNIT = f"vllm-{INSTANCE['name']}.service"
 GOLDEN: dict[str, Any] = HOST_VARS["vllm_server_golden_prompts"][INSTANCE["name"]]
 __all__ = [
     "GATEWAY",
-    "GOLDEN",
     "INSTANCE",
     "UNIT",
     "VLLM_HOSTS",
