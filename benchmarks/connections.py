@@ -4,10 +4,11 @@
    sudo) to one idle test host of its own, reached three ways: the Docker connection (`docker
    exec`, how the test hosts were reached before), SSH as the test hosts are now (pipelining,
    ControlPersist: stock Ansible as ansible.cfg sets it), and SSH with Mitogen's strategy.
-2. The unchanged converge of the sandbox, `vllm-fleet up -i inventories/sandbox`, with and
-   without `--mitogen`; both must report changed=0. The sandbox must be up (`vllm-fleet demo`).
+2. The unchanged converge of the sandbox, `vllm-fleet up -i inventories/sandbox`, with Mitogen
+   (the default) and with `--no-mitogen`; both must report changed=0. The sandbox must be up
+   (`vllm-fleet demo`).
 3. With --fresh N: N first converges each way (`vllm-fleet demo --down`, then `vllm-fleet demo`
-   with or without `--mitogen`: hosts created from nothing, environment, model, gateway). Slow:
+   with or without `--no-mitogen`: hosts created from nothing, environment, model, gateway). Slow:
    about 2.5 minutes each.
 4. The offline plan of 10, 200 and 1000 hosts: benchmarks/plan.py's figures.
 
@@ -136,7 +137,7 @@ def with_and_without_mitogen(
 ) -> dict[str, Any]:
     runs: dict[str, list[float]] = {"stock": [], "mitogen": []}
     for round_ in range(1, rounds + 1):
-        for side, flags in (("stock", []), ("mitogen", ["--mitogen"])):
+        for side, flags in (("stock", ["--no-mitogen"]), ("mitogen", ["--mitogen"])):
             runs[side].append(converge(flags))
             log(f"round {round_}: {title}, {side:8} {runs[side][-1]:.1f} s")
     return {

@@ -294,9 +294,10 @@ def _add_run_options(parser: argparse.ArgumentParser, inventory: bool = True) ->
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of progress")
     parser.add_argument(
         "--mitogen",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=True,
         help="run the plays with Mitogen's strategy: fewer round trips per task over SSH "
-        "(opt-in; needs the 'mitogen' extra)",
+        "(the default; --no-mitogen: stock Ansible's linear strategy)",
     )
 
 

@@ -3,8 +3,7 @@
 A controller that only deploys installs ``vllm_fleet`` alone. The model builders (SmolLM2 for
 ``vllm-fleet build``, the test models of ``python -m tests.builders``) and the GGUF import that
 model_sync runs on the controller for ``type: gguf`` sources need torch, transformers and
-friends: ``vllm_fleet[builders]``. Mitogen, the opt-in accelerator of ``--mitogen``:
-``vllm_fleet[mitogen]``.
+friends: ``vllm_fleet[builders]``.
 """
 
 from __future__ import annotations
@@ -13,7 +12,6 @@ import sys
 from importlib.util import find_spec
 
 BUILDERS = "builders"
-MITOGEN = "mitogen"
 
 
 class MissingExtraError(RuntimeError):

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from vllm_fleet.extras import MITOGEN, require
 from vllm_fleet.paths import (
     ansible_collection_paths,
     cache_dir,
@@ -51,7 +50,7 @@ class RunOptions:
     check: bool = False
     diff: bool = False
     verbosity: int = 0
-    mitogen: bool = False  # Mitogen's strategy (fewer round trips per task) instead of linear
+    mitogen: bool = True  # Mitogen's strategy (fewer round trips per task); False: stock linear
 
 
 @dataclass
@@ -102,7 +101,6 @@ def mitogen_env() -> dict[str, str]:
     Mitogen keeps one Python interpreter per host and sends each task's module over it, where
     stock Ansible starts a process per task; plays with `serial` stay rolling as before.
     """
-    require(MITOGEN, ("ansible_mitogen",), "--mitogen")
     import ansible_mitogen
 
     return {
@@ -111,7 +109,7 @@ def mitogen_env() -> dict[str, str]:
     }
 
 
-def ansible_env(root: Path, mitogen: bool = False) -> dict[str, str]:
+def ansible_env(root: Path, mitogen: bool = True) -> dict[str, str]:
     """Environment of ansible-playbook for the collection at ``root``.
 
     A checkout's ansible.cfg names its own collections/ and .cache/facts. An installed

@@ -45,9 +45,9 @@ def test_molecule_scenario(scenario: str) -> None:
         NO_COLOR="1",
         ANSIBLE_NOCOLOR="1",
     )
-    # VLLM_FLEET_MITOGEN=1: every play of the scenario (Molecule's and its tests') with Mitogen,
-    # the trial `vllm-fleet --mitogen` must pass before it can become the default.
-    if os.environ.get("VLLM_FLEET_MITOGEN") == "1":
+    # Every play of the scenario (Molecule's and its tests') with Mitogen's strategy, as
+    # vllm-fleet runs by default; VLLM_FLEET_MITOGEN=0: stock Ansible's linear strategy.
+    if os.environ.get("VLLM_FLEET_MITOGEN") != "0":
         env.update(mitogen_env())
     started = time.monotonic()
     try:

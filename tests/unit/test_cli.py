@@ -74,7 +74,8 @@ def test_every_command_needs_an_inventory(capsys: pytest.CaptureFixture[str]) ->
         assert "--inventory" in capsys.readouterr().err
 
 
-def test_mitogen_is_opt_in_and_passed_through(recorded: list[dict[str, Any]]) -> None:
+def test_mitogen_is_the_default_and_can_be_turned_off(recorded: list[dict[str, Any]]) -> None:
     assert cli.main(["up", "-i", "inv"]) == EXIT_OK
-    assert cli.main(["up", "-i", "inv", "--mitogen"]) == EXIT_OK
-    assert [call["options"].mitogen for call in recorded] == [False, True]
+    assert cli.main(["up", "-i", "inv", "--no-mitogen"]) == EXIT_OK
+    assert cli.main(["plan", "-i", "inv", "--mitogen"]) == EXIT_OK
+    assert [call["options"].mitogen for call in recorded] == [True, False, True]

@@ -1,4 +1,7 @@
-"""The optional extras: without one, the builders, the GGUF import and --mitogen say which to install."""
+"""The optional extras: without one, the builders and the GGUF import say which to install.
+
+And Mitogen's strategy, which every run uses unless told not to (a dependency, not an extra).
+"""
 
 from __future__ import annotations
 
@@ -93,18 +96,5 @@ def test_mitogen_env_points_ansible_at_mitogens_strategy() -> None:
     env = runner.mitogen_env()
     assert env["ANSIBLE_STRATEGY"] == "mitogen_linear"
     assert (Path(env["ANSIBLE_STRATEGY_PLUGINS"]) / "mitogen_linear.py").is_file()
-    assert runner.ansible_env(Path("/repo"), mitogen=True).items() >= env.items()
-    assert "ANSIBLE_STRATEGY" not in runner.ansible_env(Path("/repo"))
-
-
-def test_mitogen_without_the_extra_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
-    real = importlib.util.find_spec
-
-    def find_spec(name: str, package: str | None = None) -> object:
-        return None if name == "ansible_mitogen" else real(name, package)
-
-    monkeypatch.setattr(extras, "find_spec", find_spec)
-    with pytest.raises(extras.MissingExtraError) as caught:
-        runner.mitogen_env()
-    assert str(caught.value).startswith("--mitogen needs ansible_mitogen")
-    assert "'vllm_fleet[mitogen]'" in str(caught.value)
+    assert runner.ansible_env(Path("/repo")).items() >= env.items()
+    assert "ANSIBLE_STRATEGY" not in runner.ansible_env(Path("/repo"), mitogen=False)
