@@ -5,23 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 from ansible_collections.vllm_fleet.serving.plugins.module_utils.python_env import (
-    check_against_manifest,
     check_plan,
+    controller_files,
     effective_environments,
+    manifest_errors,
     plan_environments,
     prune_plan,
     published_environment,
+    read_manifests,
     validate_environments,
 )
-
-
-def _manifest_errors(specs: list[dict[str, Any]], manifests: dict[str, Any]) -> list[str]:
-    return [
-        e
-        for s in specs
-        if s["wheelhouse"] in manifests
-        for e in check_against_manifest(s, manifests[s["wheelhouse"]])
-    ]
 
 
 class FilterModule:
@@ -31,7 +24,9 @@ class FilterModule:
         return {
             "python_env_specs": effective_environments,
             "python_env_errors": validate_environments,
-            "python_env_manifest_errors": _manifest_errors,
+            "python_env_read_manifests": read_manifests,
+            "python_env_manifest_errors": manifest_errors,
+            "python_env_controller_files": controller_files,
             "python_env_plan": plan_environments,
             "python_env_host_errors": check_plan,
             "python_env_prune": prune_plan,

