@@ -7,6 +7,7 @@ from typing import Any
 from ansible.errors import AnsibleActionFail, AnsibleError
 from ansible.plugins.action import ActionBase
 from ansible_collections.vllm_fleet.serving.plugins.module_utils.preflight import (
+    TIMINGS,
     instance_names,
     parse_listeners,
     plan_fleet,
@@ -48,7 +49,7 @@ class ActionModule(ActionBase):
             raise AnsibleActionFail("fleet_plan needs hosts: a non-empty list of inventory host names")
         offline = bool(args.get("offline", False))
         defaults = args.get("defaults") or {}
-        missing = sorted(set(HOST_INPUTS.values()) - set(defaults))
+        missing = sorted((set(HOST_INPUTS.values()) | set(TIMINGS)) - set(defaults))
         if missing:
             raise AnsibleActionFail(f"fleet_plan needs defaults for {', '.join(missing)}")
 
@@ -60,6 +61,7 @@ class ActionModule(ActionBase):
             host_inputs = {
                 key: view[var] if var in view else defaults[var] for key, var in HOST_INPUTS.items()
             }
+            host_inputs["timings"] = {var: view[var] if var in view else defaults[var] for var in TIMINGS}
             for key, (var, unset) in KEY_INPUTS.items():
                 try:
                     host_inputs[key] = view.get(var, unset)

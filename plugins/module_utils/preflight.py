@@ -481,6 +481,35 @@ def instance_names(instances: Any) -> set[str]:
     }
 
 
+# The host's timing settings (seconds) and the least each may be: a value vLLM, systemd or the
+# readiness gate would only refuse once an instance restarts with it.
+TIMINGS = {
+    "vllm_server_shutdown_timeout": 0,
+    "vllm_server_stop_margin": 0,
+    "vllm_server_ready_timeout": 1,
+    "vllm_server_ready_interval": 1,
+    "vllm_server_drain_timeout": 0,
+    "vllm_server_drain_interval": 1,
+}
+
+
+def timing_errors(timings: Mapping[str, Any]) -> list[str]:
+    """Errors of the timing settings (TIMINGS) given: whole seconds, no unit, at least the least.
+
+    Digit strings count (``-e vllm_server_ready_timeout=900`` gives one)."""
+    errors = []
+    for name, least in TIMINGS.items():
+        if name not in timings:
+            continue
+        value = timings[name]
+        whole = (isinstance(value, int) and not isinstance(value, bool)) or (
+            isinstance(value, str) and value.strip().lstrip("-").isdigit()
+        )
+        if not whole or int(value) < least:
+            errors.append(f"{name} must be a whole number of seconds >= {least} (no unit), got {value!r}")
+    return errors
+
+
 def reference_errors(golden_prompts: Any, api_keys: Any, fleet_instances: Collection[str]) -> list[str]:
     """Settings keyed by instance name that name no instance of the fleet: a typo there would
     leave the real instance without its key or its gate, silently. One group-wide setting
@@ -514,7 +543,7 @@ def plan_fleet(
     `api_keys` (unset: no key). `other_instances`: the instance names of the fleet's hosts that are
     not planned now (a run limited to some hosts), which the golden prompts and keys may name too.
     `firewall`, `firewall_groups`, `firewall_allow`: the instance ports' firewall, checked against
-    `inventory` (group name: its hosts).
+    `inventory` (group name: its hosts). `timings`: the host's TIMINGS settings by name.
     """
     fleet_instances = set(other_instances).union(
         *(instance_names(i.get("instances")) for i in hosts.values())
@@ -540,6 +569,7 @@ def plan_fleet(
             inputs.get("model_store") or DEFAULT_MODEL_STORE,
         )
         settings = prompt_errors(inputs.get("golden_prompts", {}))
+        settings += timing_errors(inputs.get("timings", {}))
         settings += key_errors(inputs.get("api_key", ""), inputs.get("api_keys", {}))
         settings += reference_errors(inputs.get("golden_prompts"), inputs.get("api_keys"), fleet_instances)
         settings += firewall_errors(

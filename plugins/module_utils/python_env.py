@@ -193,11 +193,19 @@ def validate_environment(spec: Any) -> list[str]:
     return errors
 
 
-def validate_environments(environments: Any, default: str = "") -> list[str]:
-    """Errors of a host's environment list: each spec, unique names, a known default."""
+def validate_environments(environments: Any, default: str = "", keep: Any = 0) -> list[str]:
+    """Errors of a host's environment list: each spec, unique names, a known default; and
+    python_env_keep, a count of environments (digit strings count: ``-e python_env_keep=3``)."""
+    errors = []
+    if (
+        isinstance(keep, bool)
+        or not (isinstance(keep, int) or (isinstance(keep, str) and keep.isdigit()))
+        or int(keep) < 0
+    ):
+        errors.append(f"python_env_keep must be a whole number of environments >= 0, got {keep!r}")
     if not isinstance(environments, list):
-        return [f"python_env_environments must be a list, got {type(environments).__name__}"]
-    errors = [e for spec in environments for e in validate_environment(spec)]
+        return [*errors, f"python_env_environments must be a list, got {type(environments).__name__}"]
+    errors += [e for spec in environments for e in validate_environment(spec)]
     names = [spec.get("name") for spec in environments if isinstance(spec, dict)]
     dupes = sorted({str(n) for n in names if names.count(n) > 1})
     if dupes:

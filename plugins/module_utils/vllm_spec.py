@@ -365,6 +365,12 @@ def validate_instance(spec: Any, index: int | None = None) -> list[str]:
                     f"{label}: extra_args[{position}]: {owned} puts a secret on the command line, which the "
                     "unit file and every process listing show; models come from the store, offline"
                 )
+            elif owned == "--api-key":
+                # Not echoed: the value is a key, and this message reaches Ansible's output.
+                errors.append(
+                    f"{label}: extra_args[{position}]: --api-key must not be given here: it would put the "
+                    "key on the command line; the key comes from vllm_server_api_key(s), in a root-only file"
+                )
             elif owned:
                 errors.append(
                     f"{label}: extra_args[{position}] {arg!r} must not repeat flags the spec sets "

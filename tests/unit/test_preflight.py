@@ -405,3 +405,23 @@ def test_adapters_are_checked_against_their_adapter_config():
     assert "'PREFIX_TUNING' adapter" in plan_of(adapters=[{**lora, "model": "prefix"}])["failures"][0]
     unknown = plan_of(adapters=[{**lora, "model": "elsewhere"}])
     assert unknown["ok"] and statuses(unknown)["adapter"] == "not checked"
+
+
+@pytest.mark.parametrize(
+    ("timings", "expected"),
+    [
+        ({"vllm_server_ready_timeout": 600, "vllm_server_shutdown_timeout": "0"}, []),
+        (
+            {"vllm_server_ready_timeout": "10m"},
+            ["vllm_server_ready_timeout must be a whole number of seconds >= 1 (no unit), got '10m'"],
+        ),
+        (
+            {"vllm_server_shutdown_timeout": -1},
+            ["vllm_server_shutdown_timeout must be a whole number of seconds >= 0 (no unit), got -1"],
+        ),
+        ({"vllm_server_drain_interval": 0, "vllm_server_stop_margin": True}, 2),
+    ],
+)
+def test_timings_are_whole_seconds_from_their_least(timings: dict[str, Any], expected: Any) -> None:
+    errors = preflight.timing_errors(timings)
+    assert errors == expected if isinstance(expected, list) else len(errors) == expected, errors

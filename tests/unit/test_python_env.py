@@ -418,3 +418,10 @@ def test_prune_keeps_the_newest_unprotected_and_every_protected():
     assert pe.prune_plan(existing, 2, ["linked", "declared"]) == ["a", "b"]
     assert pe.prune_plan(existing, 0, ["linked", "declared"]) == ["a", "b", "c", "d"]
     assert pe.prune_plan(existing, 10, []) == []
+
+
+@pytest.mark.parametrize(("keep", "ok"), [(0, True), ("3", True), (-1, False), ("two", False), (True, False)])
+def test_python_env_keep_is_a_count(keep: Any, ok: bool) -> None:
+    errors = pe.validate_environments([], keep=keep)
+    assert (errors == []) is ok, errors
+    assert ok or errors[0].startswith("python_env_keep must be a whole number of environments >= 0")

@@ -114,7 +114,7 @@ def test_defaults_leave_vllm_defaults_alone():
         ({"extra_args": ["--no-trust-remote-code"]}, "vLLM's --no-trust-remote-code"),
         ({"extra_args": ["--tensor-parallel", "2"]}, "vLLM's --tensor-parallel-size"),
         ({"extra_args": ["--hf-overrides.rope_scaling.factor=4"]}, "vLLM's --hf-overrides"),
-        ({"extra_args": ["--api_key=abc"]}, "vLLM's --api-key"),
+        ({"extra_args": ["--api_key=abc"]}, "extra_args[0]: --api-key must not be given here"),
         ({"extra_args": ["--config", "/etc/vllm.yaml"]}, "--config reads settings from a file"),
         ({"extra_args": ["--log-level\nx"]}, "extra_args[0] must be one line"),
         ({"env": {"CUDA_VISIBLE_DEVICES": "0,1"}}, "env['CUDA_VISIBLE_DEVICES']: the role sets"),
@@ -152,6 +152,14 @@ def test_invalid_specs_name_the_setting(change, setting):
     errors = vllm_spec.validate_instance({**BASE, **change})
     assert errors, change
     assert any(setting in e for e in errors), errors
+
+
+@pytest.mark.parametrize(
+    "args", [["--api-key=sk-secret-1"], ["--api_key", "sk-secret-1"], ["--api-k=sk-secret-1"]]
+)
+def test_a_key_in_extra_args_is_refused_without_repeating_it(args):
+    errors = vllm_spec.validate_instance({**BASE, "extra_args": args})
+    assert errors and all("sk-secret-1" not in e for e in errors), errors
 
 
 @pytest.mark.parametrize(
