@@ -7,12 +7,15 @@ the cache (old ones are pruned), so nothing of one run leaks into the next.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import shutil
 import signal
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -156,12 +159,37 @@ def version_note(root: Path) -> str | None:
 
 def _new_run_dir(runs: Path) -> Path:
     """A fresh private data dir per run: ansible-runner keeps env/extravars between runs that
-    share one, so a setting of an earlier run would leak into the next. Old runs are pruned."""
+    share one, so a setting of an earlier run would leak into the next. Old runs are pruned, but
+    never one that another vllm-fleet on this controller is still running (see _run_lock)."""
     runs.mkdir(parents=True, exist_ok=True)
     for old in sorted(p for p in runs.iterdir() if p.is_dir())[:-KEEP_RUNS]:
-        shutil.rmtree(old, ignore_errors=True)
+        if not _in_progress(old):
+            shutil.rmtree(old, ignore_errors=True)
     stamp = time.strftime("%Y%m%dT%H%M%S")
     return Path(tempfile.mkdtemp(prefix=f"{stamp}-", dir=runs))
+
+
+RUN_LOCK = ".vllm-fleet-running"
+
+
+@contextlib.contextmanager
+def _run_lock(run_dir: Path) -> Iterator[None]:
+    """Held for as long as the run in run_dir goes on; the kernel lets go when the process ends,
+    however it ends, so a crashed run is pruned like a finished one."""
+    with open(run_dir / RUN_LOCK, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _in_progress(run_dir: Path) -> bool:
+    try:
+        with open(run_dir / RUN_LOCK) as lock:
+            fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except FileNotFoundError:
+        return False
+    except BlockingIOError:
+        return True
+    return False
 
 
 def _cmdline(options: RunOptions) -> list[str]:
@@ -223,19 +251,20 @@ def run_playbook(
     envvars = ansible_env(root, options.mitogen)
     previous = signal.signal(signal.SIGINT, on_sigint)
     try:
-        runner = ansible_runner.run(
-            private_data_dir=str(private_data_dir),
-            project_dir=str(root),
-            playbook=playbook,
-            inventory=str(Path(options.inventory).resolve()),
-            extravars=extravars or {},
-            limit=options.limit,
-            cmdline=shlex.join(_cmdline(options)) or None,
-            envvars=envvars,
-            event_handler=on_event,
-            cancel_callback=lambda: interrupted,
-            quiet=True,
-        )
+        with _run_lock(private_data_dir):
+            runner = ansible_runner.run(
+                private_data_dir=str(private_data_dir),
+                project_dir=str(root),
+                playbook=playbook,
+                inventory=str(Path(options.inventory).resolve()),
+                extravars=extravars or {},
+                limit=options.limit,
+                cmdline=shlex.join(_cmdline(options)) or None,
+                envvars=envvars,
+                event_handler=on_event,
+                cancel_callback=lambda: interrupted,
+                quiet=True,
+            )
     finally:
         signal.signal(signal.SIGINT, previous)
     if render:
