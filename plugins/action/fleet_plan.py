@@ -10,6 +10,7 @@ from ansible_collections.vllm_fleet.serving.plugins.module_utils.preflight impor
     TIMINGS,
     instance_names,
     parse_listeners,
+    parse_store_listing,
     plan_fleet,
 )
 
@@ -75,6 +76,8 @@ class ActionModule(ActionBase):
                 # Read on each host by tasks/facts.yml just before.
                 host_inputs["gpus"] = view["vllm_fleet_gpus"]
                 host_inputs["listeners"] = parse_listeners(view["__vllm_server_listeners"]["stdout"])
+                stored = view["__vllm_server_stored"]
+                host_inputs["stored"] = parse_store_listing(stored["rc"], stored["stdout"], stored["stderr"])
             inputs[host] = host_inputs
 
         # Keys and golden prompts may name instances of hosts a --limit left out of the play.

@@ -8,7 +8,9 @@ Pure functions over plain data, so the planner runs the same in a playbook (thro
   inventory declares for fleets not built yet (`--offline`);
 - the models: for each `name@revision`, its config.json and the size of its weight files, read
   on the controller from model_sync's source directories;
-- the TCP listeners on the host and the systemd units holding them (online only).
+- the TCP listeners on the host and the systemd units holding them (online only);
+- the model revisions and adapters already complete in the host's store (online only): what an
+  instance serves must be there, or in model_sync_models (which brings it in the same run).
 
 Each check ends as `pass`, `fail` or `not checked` (its input is missing: it never passes then).
 """
@@ -408,6 +410,59 @@ def check_adapters(spec: dict[str, Any], models: Mapping[str, dict[str, Any]]) -
     return out
 
 
+def store_needs(spec: dict[str, Any]) -> list[tuple[str, str]]:
+    """What an instance needs in the store: (what, `<model>/<revision>/<file>`), as the role's
+    own check reads it (roles/vllm_server/vars/main.yml, _vllm_server_store_needs)."""
+    s = with_defaults(spec)
+    needs = [(f"{s['model']}@{s['revision']}", f"{s['model']}/{s['revision']}/config.json")]
+    for adapter in s["adapters"]:
+        needs.append(
+            (
+                f"adapter {adapter['name']} ({adapter['model']}@{adapter['revision']})",
+                f"{adapter['model']}/{adapter['revision']}/adapter_config.json",
+            )
+        )
+    return needs
+
+
+def check_store(
+    spec: dict[str, Any], synced: Collection[str], stored: Collection[str] | None, model_store: str
+) -> list[dict[str, str]]:
+    """What model_sync does not bring in this run must be in the host's store already: else the
+    placement play would refuse it late, after other hosts had changed. Offline: no check."""
+    out = []
+    for what, path in store_needs(spec):
+        model, revision, _file = path.split("/")
+        if stored is None or f"{model}@{revision}" in synced:
+            continue
+        if path in stored:
+            out.append(_check("store", PASS, f"{what}: in {model_store} on the host already"))
+        else:
+            out.append(
+                _check(
+                    "store",
+                    FAIL,
+                    f"{what} is neither in model_sync_models nor in {model_store} on the host: "
+                    "add it to model_sync_models",
+                )
+            )
+    return out
+
+
+def parse_store_listing(rc: int, stdout: str, stderr: str) -> list[str] | None:
+    """The `<model>/<revision>/<file>` paths that facts.yml's `find` listed under the store (an
+    empty list where there is no store yet; None where it could not be read: not checked).
+    Staging directories (.partial-*) are not revisions; find does not follow the `current` links."""
+    if rc != 0:
+        return [] if "No such file or directory" in stderr and not stdout.strip() else None
+    paths = []
+    for line in stdout.splitlines():
+        parts = line.strip().split("/")[-3:]
+        if len(parts) == 3 and not any(part.startswith(".") for part in parts):
+            paths.append("/".join(parts))
+    return paths
+
+
 def plan_host(
     instances: Any,
     gpus: dict[str, Any] | None,
@@ -416,8 +471,13 @@ def plan_host(
     instance_root: str,
     shutdown_timeout: int,
     model_store: str = DEFAULT_MODEL_STORE,
+    synced: Collection[str] = (),
+    stored: Collection[str] | None = None,
 ) -> dict[str, Any]:
-    """The plan of one host: each instance's command line and checks, and the host's errors."""
+    """The plan of one host: each instance's command line and checks, and the host's errors.
+
+    `synced`: the `name@revision` of the host's model_sync_models; `stored`: what its store holds
+    (parse_store_listing), None when not read."""
     host_errors = list_errors(instances)
     plans: list[dict[str, Any]] = []
     owners: dict[int, list[str]] = {}
@@ -441,6 +501,7 @@ def plan_host(
         checks += check_memory(s, gpus, model)
         checks += check_port(s, listeners)
         checks += check_adapters(s, models)
+        checks += check_store(s, synced, stored, model_store)
         argv = server_argv(s, instance_root, shutdown_timeout, model_store)
         plans.append({"instance": s["name"], "command": shlex.join(argv), "argv": argv, "checks": checks})
     shared = {g: names for g, names in owners.items() if len(names) > 1}
@@ -544,6 +605,7 @@ def plan_fleet(
     not planned now (a run limited to some hosts), which the golden prompts and keys may name too.
     `firewall`, `firewall_groups`, `firewall_allow`: the instance ports' firewall, checked against
     `inventory` (group name: its hosts). `timings`: the host's TIMINGS settings by name.
+    `stored`: parse_store_listing of the host's store (None or absent: not read).
     """
     fleet_instances = set(other_instances).union(
         *(instance_names(i.get("instances")) for i in hosts.values())
@@ -552,7 +614,10 @@ def plan_fleet(
     plans = {}
     for host, inputs in hosts.items():
         models = {}
+        synced = set()
         for model in inputs.get("models") or []:
+            if isinstance(model, Mapping) and {"name", "revision"} <= set(model):
+                synced.add(f"{model['name']}@{model['revision']}")
             if isinstance(model, Mapping) and {"name", "revision", "source"} <= set(model):
                 source = str(model["source"])
                 if source not in read:
@@ -567,6 +632,8 @@ def plan_fleet(
             inputs["instance_root"],
             inputs["shutdown_timeout"],
             inputs.get("model_store") or DEFAULT_MODEL_STORE,
+            synced,
+            inputs.get("stored"),
         )
         settings = prompt_errors(inputs.get("golden_prompts", {}))
         settings += timing_errors(inputs.get("timings", {}))

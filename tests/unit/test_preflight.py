@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -425,3 +426,59 @@ def test_adapters_are_checked_against_their_adapter_config():
 def test_timings_are_whole_seconds_from_their_least(timings: dict[str, Any], expected: Any) -> None:
     errors = preflight.timing_errors(timings)
     assert errors == expected if isinstance(expected, list) else len(errors) == expected, errors
+
+
+FACTS_TASKS = Path(__file__).resolve().parents[2] / "roles" / "vllm_server" / "tasks" / "facts.yml"
+
+
+def _find_store(store: Path) -> tuple[int, str, str]:
+    """facts.yml's own `find` of the store, run for real on a directory of this test's."""
+    tasks = yaml.safe_load(FACTS_TASKS.read_text())
+    (task,) = [t for t in tasks if t.get("register") == "__vllm_server_stored"]
+    template = task["ansible.builtin.command"]["argv"]
+    argv = [str(store) if a == "{{ vllm_server_model_store }}" else a for a in template]
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    return done.returncode, done.stdout, done.stderr
+
+
+def test_the_store_listing_holds_complete_revisions_and_adapters_only(tmp_path: Path) -> None:
+    for path in ("tiny/first/config.json", "tiny/.partial-second/config.json", "fr/v1/adapter_config.json"):
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_text("{}")
+    (tmp_path / "tiny/first/model.safetensors").write_text("")
+    (tmp_path / "tiny/current").symlink_to("first")
+    assert sorted(preflight.parse_store_listing(*_find_store(tmp_path)) or []) == [
+        "fr/v1/adapter_config.json",
+        "tiny/first/config.json",
+    ]
+    # A host with no store yet holds nothing; one whose store cannot be read: not checked.
+    assert preflight.parse_store_listing(*_find_store(tmp_path / "absent")) == []
+    assert preflight.parse_store_listing(1, "", "find: '/s': Permission denied") is None
+
+
+def test_a_revision_neither_synced_nor_stored_is_refused_before_any_change():
+    unsynced = {**BASE, "revision": "r2", "adapters": [{"name": "fr", "model": "fr-lora", "revision": "v1"}]}
+    plans = preflight.plan_fleet(
+        {
+            "fresh": fleet_inputs(instances=[unsynced], stored=[]),
+            "holds-them": fleet_inputs(
+                instances=[unsynced], stored=["llama-3-8b/r2/config.json", "fr-lora/v1/adapter_config.json"]
+            ),
+            "offline": fleet_inputs(instances=[unsynced]),
+            "synced": fleet_inputs(instances=[BASE], stored=[]),
+        },
+        lambda source: {"config": LLAMA3_8B, "weights_bytes": WEIGHTS},
+    )
+    assert plans["fresh"]["failures"] == [
+        "instance chat: llama-3-8b@r2 is neither in model_sync_models nor in /var/lib/vllm-fleet/models "
+        "on the host: add it to model_sync_models",
+        "instance chat: adapter fr (fr-lora@v1) is neither in model_sync_models nor in "
+        "/var/lib/vllm-fleet/models on the host: add it to model_sync_models",
+    ]
+    stored_checks = [c for c in plans["holds-them"]["instances"][0]["checks"] if c["check"] == "store"]
+    assert [c["status"] for c in stored_checks] == ["pass", "pass"]
+    # Offline, the store is not read: the model checks say "not checked", nothing is refused.
+    assert "store" not in statuses(plans["offline"])
+    assert statuses(plans["offline"])["max_model_len"] == "not checked"
+    # What model_sync brings in the same run needs no store.
+    assert plans["synced"]["ok"] and "store" not in statuses(plans["synced"])
