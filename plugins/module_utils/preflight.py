@@ -410,19 +410,15 @@ def check_adapters(spec: dict[str, Any], models: Mapping[str, dict[str, Any]]) -
     return out
 
 
-def store_needs(spec: dict[str, Any]) -> list[tuple[str, str]]:
-    """What an instance needs in the store: (what, `<model>/<revision>/<file>`), as the role's
-    own check reads it (roles/vllm_server/vars/main.yml, _vllm_server_store_needs)."""
+def store_needs(spec: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """What an instance needs in the store: (what, `name@revision`, `<model>/<revision>/<file>`),
+    as the role's own check reads it (roles/vllm_server/vars/main.yml, _vllm_server_store_needs)."""
     s = with_defaults(spec)
-    needs = [(f"{s['model']}@{s['revision']}", f"{s['model']}/{s['revision']}/config.json")]
+    needs = [(s["model"], s["revision"], "config.json", f"{s['model']}@{s['revision']}")]
     for adapter in s["adapters"]:
-        needs.append(
-            (
-                f"adapter {adapter['name']} ({adapter['model']}@{adapter['revision']})",
-                f"{adapter['model']}/{adapter['revision']}/adapter_config.json",
-            )
-        )
-    return needs
+        what = f"adapter {adapter['name']} ({adapter['model']}@{adapter['revision']})"
+        needs.append((adapter["model"], adapter["revision"], "adapter_config.json", what))
+    return [(what, f"{model}@{rev}", f"{model}/{rev}/{file}") for model, rev, file, what in needs]
 
 
 def check_store(
@@ -431,9 +427,8 @@ def check_store(
     """What model_sync does not bring in this run must be in the host's store already: else the
     placement play would refuse it late, after other hosts had changed. Offline: no check."""
     out = []
-    for what, path in store_needs(spec):
-        model, revision, _file = path.split("/")
-        if stored is None or f"{model}@{revision}" in synced:
+    for what, key, path in store_needs(spec):
+        if stored is None or key in synced:
             continue
         if path in stored:
             out.append(_check("store", PASS, f"{what}: in {model_store} on the host already"))
