@@ -88,6 +88,27 @@ def test_molecule_scenario(scenario: str) -> None:
     log.parent.mkdir(parents=True, exist_ok=True)
     log.write_text(output)
     print(f"whole output: {log}\n{output[-20000:]}")
-    assert proc.returncode == 0, f"molecule test -s {scenario} failed (rc={proc.returncode})"
+    assert proc.returncode == 0, (
+        f"molecule test -s {scenario} failed (rc={proc.returncode}):\n{failure_excerpt(output)}"
+    )
     # Every scenario's sequence includes idempotence (a second converge with changed=0).
     assert re.search(rf"{scenario}\W+idempotence\W+Executed: Successful", output)
+
+
+def failure_excerpt(output: str, limit: int = 12000) -> str:
+    """What failed in a scenario's output, which its tail (the destroy step) no longer shows.
+
+    Every failed Ansible task with what follows it, and the verifier's failures: each failed
+    test's name, its assertion (the ``E`` lines) and where it stopped.
+    """
+    parts: list[str] = []
+    lines = output.splitlines()
+    for index, line in enumerate(lines):
+        if re.match(r"(fatal|failed): \[", line):
+            # From the task's header: ansible-core prints the error's origin above the result.
+            above = range(index, max(index - 40, -1), -1)
+            task = next((i for i in above if lines[i].startswith("TASK [")), index)
+            parts.append("\n".join(lines[task : index + 1]))
+        elif re.match(r"_{3,} \S.* _{3,}$", line) or re.match(r"E   |\S+\.py:\d+: \w+$", line):
+            parts.append(line)
+    return "\n".join(parts)[:limit] or "(no failed task or test found: the output's tail is above)"
