@@ -9,6 +9,7 @@ from ansible_collections.vllm_fleet.serving.plugins.module_utils.vllm_spec impor
     served_names,
     server_argv,
     server_environment,
+    store_needs,
     systemd_quote,
     validate_instances,
     with_defaults,
@@ -25,6 +26,7 @@ class FilterModule:
             "vllm_served_names": served_names,
             "vllm_server_argv": server_argv,
             "vllm_server_env": server_environment,
+            "vllm_store_needs": store_needs,
             "systemd_quote": systemd_quote,
             "vllm_status_rows": status_rows,
         }

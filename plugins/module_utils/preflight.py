@@ -33,6 +33,7 @@ from ansible_collections.vllm_fleet.serving.plugins.module_utils.vllm_spec impor
     key_errors,
     list_errors,
     server_argv,
+    store_needs,
     validate_instance,
     with_defaults,
 )
@@ -410,27 +411,17 @@ def check_adapters(spec: dict[str, Any], models: Mapping[str, dict[str, Any]]) -
     return out
 
 
-def store_needs(spec: dict[str, Any]) -> list[tuple[str, str, str]]:
-    """What an instance needs in the store: (what, `name@revision`, `<model>/<revision>/<file>`),
-    as the role's own check reads it (roles/vllm_server/vars/main.yml, _vllm_server_store_needs)."""
-    s = with_defaults(spec)
-    needs = [(s["model"], s["revision"], "config.json", f"{s['model']}@{s['revision']}")]
-    for adapter in s["adapters"]:
-        what = f"adapter {adapter['name']} ({adapter['model']}@{adapter['revision']})"
-        needs.append((adapter["model"], adapter["revision"], "adapter_config.json", what))
-    return [(what, f"{model}@{rev}", f"{model}/{rev}/{file}") for model, rev, file, what in needs]
-
-
 def check_store(
     spec: dict[str, Any], synced: Collection[str], stored: Collection[str] | None, model_store: str
 ) -> list[dict[str, str]]:
     """What model_sync does not bring in this run must be in the host's store already: else the
     placement play would refuse it late, after other hosts had changed. Offline: no check."""
     out = []
-    for what, key, path in store_needs(spec):
-        if stored is None or key in synced:
+    for need in store_needs([spec]):
+        what = need["what"]
+        if stored is None or need["key"] in synced:
             continue
-        if path in stored:
+        if need["path"] in stored:
             out.append(_check("store", PASS, f"{what}: in {model_store} on the host already"))
         else:
             out.append(

@@ -139,6 +139,27 @@ def routable_names(spec: Mapping[str, Any]) -> list[str]:
     return served_names(spec) + [str(a["name"]) for a in adapters if isinstance(a, Mapping)]
 
 
+def store_needs(specs: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """What the instances need in the model store: each one's model revision and adapters.
+
+    Each need has its ``instance``, ``what`` to call it in a message, its ``key`` as
+    model_sync_models names it (``model@revision``) and the ``path`` below the store of the file
+    that shows it whole (``config.json``, an adapter's ``adapter_config.json``).
+    """
+    needs = []
+    for spec in map(with_defaults, specs):
+        model, revision = spec["model"], spec["revision"]
+        needs.append((spec["name"], f"{model}@{revision}", model, revision, "config.json"))
+        for adapter in spec["adapters"]:
+            model, revision = adapter["model"], adapter["revision"]
+            what = f"adapter {adapter['name']} ({model}@{revision})"
+            needs.append((spec["name"], what, model, revision, "adapter_config.json"))
+    return [
+        {"instance": name, "what": what, "key": f"{model}@{rev}", "path": f"{model}/{rev}/{file}"}
+        for name, what, model, rev, file in needs
+    ]
+
+
 def adapter_path(adapter: Mapping[str, Any], model_store: str = DEFAULT_MODEL_STORE) -> str:
     """Where an adapter's revision sits on the host (the model store, as model_sync put it)."""
     return f"{model_store}/{adapter['model']}/{adapter['revision']}"

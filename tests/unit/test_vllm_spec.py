@@ -229,6 +229,18 @@ def test_adapters_get_the_lora_flags_with_paths_in_the_model_store():
     assert "--enable-lora" not in vllm_spec.server_argv(BASE, "/inst", 20)
 
 
+def test_store_needs_are_each_model_revision_and_adapter_with_the_file_that_shows_it_whole():
+    other = {**BASE, "name": "other", "model": "qwen", "revision": "r2"}
+    needs = vllm_spec.store_needs([{**BASE, "adapters": [LORA]}, other])
+    assert needs == [
+        {"instance": "chat", "what": "llama-3-8b@r1", "key": "llama-3-8b@r1",
+         "path": "llama-3-8b/r1/config.json"},
+        {"instance": "chat", "what": "adapter sql (llama-3-8b-sql-lora@r3)", "key": "llama-3-8b-sql-lora@r3",
+         "path": "llama-3-8b-sql-lora/r3/adapter_config.json"},
+        {"instance": "other", "what": "qwen@r2", "key": "qwen@r2", "path": "qwen/r2/config.json"},
+    ]  # fmt: skip
+
+
 @pytest.mark.parametrize(
     ("change", "setting"),
     [
