@@ -111,7 +111,14 @@ class LoadGenerator:
         max_tokens: int = 16,
         timeout: float = 300.0,
         pause: float = 0.0,
+        rate: float | None = None,
     ) -> None:
+        """``pause``: seconds a worker waits after each request. ``rate``: requests per second
+        over all workers at most (each worker starts one every ``workers / rate`` seconds, the
+        workers staggered; a slower request delays only its own worker's next one), so that
+        faster answers do not turn into more load; None: as fast as ``pause`` allows."""
+        if rate is not None and rate <= 0:
+            raise ValueError(f"rate must be above 0 requests per second, got {rate}")
         self.base_url = base_url
         self.model = model
         self.workers = workers
@@ -119,6 +126,7 @@ class LoadGenerator:
         self.expect = expect
         self.max_tokens = max_tokens
         self.pause = pause
+        self.rate = rate
         self._api_key = api_key
         self._timeout = timeout
         self._stop = threading.Event()
@@ -165,7 +173,10 @@ class LoadGenerator:
     def _worker(self, index: int) -> None:
         client = self._client()
         stream = index % 2 == 0
+        period = self.workers / self.rate if self.rate else 0.0
         try:
+            # Staggered, so that the workers' requests are spread over each period.
+            self._stop.wait(index * period / self.workers)
             while not self._stop.is_set():
                 started = time.monotonic()
                 try:
@@ -178,6 +189,8 @@ class LoadGenerator:
                 stream = not stream
                 if self.pause:
                     self._stop.wait(self.pause)
+                if period:
+                    self._stop.wait(started + period - time.monotonic())
         finally:
             client.close()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -103,6 +104,22 @@ def test_every_kind_of_failure_counts(server: str, mode: str, error: str) -> Non
     else:
         assert report.failed == report.total
     assert all(error in (r.error or "") for r in report.failures)
+
+
+def test_a_rate_caps_the_load_however_fast_the_answers(server: str) -> None:
+    # The local server answers in milliseconds: uncapped, two workers send hundreds a second.
+    began = time.monotonic()
+    with LoadGenerator(server, "key", "smollm2", workers=2, expect="Paris", timeout=10, rate=10) as load:
+        time.sleep(1.0)
+    ran = time.monotonic() - began
+    # Starts at 0, 0.1, 0.2 ... s at most (a loaded machine only starts fewer), each finished.
+    assert 2 <= load.report.total <= 10 * ran + 1, (load.report.total, ran)
+    assert load.report.failed == 0
+
+
+def test_a_rate_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="rate must be above 0 requests per second, got 0"):
+        LoadGenerator("http://127.0.0.1:9/v1", "key", "m", rate=0)
 
 
 def test_windows_and_percentiles() -> None:

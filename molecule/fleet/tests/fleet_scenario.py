@@ -58,7 +58,7 @@ def target(revision_name: str) -> dict[str, Any]:
     }
 
 
-def golden_load(key: str, workers: int, pause: float) -> LoadGenerator:
+def golden_load(key: str, workers: int, pause: float = 0.0, rate: float | None = None) -> LoadGenerator:
     """Clients asking the golden prompt through the gateway: an answer without its text fails."""
     return LoadGenerator(
         f"http://{address(GATEWAY)}/v1",
@@ -69,4 +69,5 @@ def golden_load(key: str, workers: int, pause: float) -> LoadGenerator:
         expect=GOLDEN["expect"],
         max_tokens=GOLDEN["max_tokens"],
         pause=pause,
+        rate=rate,
     )
