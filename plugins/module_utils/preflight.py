@@ -418,9 +418,9 @@ def check_store(
     placement play would refuse it late, after other hosts had changed. Offline: no check."""
     out = []
     for need in store_needs([spec]):
-        what = need["what"]
         if stored is None or need["key"] in synced:
             continue
+        what = need["what"]
         if need["path"] in stored:
             out.append(_check("store", PASS, f"{what}: in {model_store} on the host already"))
         else:

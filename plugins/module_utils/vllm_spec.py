@@ -148,16 +148,14 @@ def store_needs(specs: list[dict[str, Any]]) -> list[dict[str, str]]:
     """
     needs = []
     for spec in map(with_defaults, specs):
-        model, revision = spec["model"], spec["revision"]
-        needs.append((spec["name"], f"{model}@{revision}", model, revision, "config.json"))
-        for adapter in spec["adapters"]:
-            model, revision = adapter["model"], adapter["revision"]
-            what = f"adapter {adapter['name']} ({model}@{revision})"
-            needs.append((spec["name"], what, model, revision, "adapter_config.json"))
-    return [
-        {"instance": name, "what": what, "key": f"{model}@{rev}", "path": f"{model}/{rev}/{file}"}
-        for name, what, model, rev, file in needs
-    ]
+        wanted = [("", spec, "config.json")]
+        wanted += [(f"adapter {a['name']} ", a, "adapter_config.json") for a in spec["adapters"]]
+        for label, source, file in wanted:
+            key = f"{source['model']}@{source['revision']}"
+            what = f"{label}({key})" if label else key
+            path = f"{source['model']}/{source['revision']}/{file}"
+            needs.append({"instance": spec["name"], "what": what, "key": key, "path": path})
+    return needs
 
 
 def adapter_path(adapter: Mapping[str, Any], model_store: str = DEFAULT_MODEL_STORE) -> str:

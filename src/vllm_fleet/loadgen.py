@@ -176,7 +176,7 @@ class LoadGenerator:
         period = self.workers / self.rate if self.rate else 0.0
         try:
             # Staggered, so that the workers' requests are spread over each period.
-            self._stop.wait(index * period / self.workers)
+            self._stop.wait(index / self.rate if self.rate else 0.0)
             while not self._stop.is_set():
                 started = time.monotonic()
                 try:

@@ -98,8 +98,8 @@ def test_molecule_scenario(scenario: str) -> None:
 def failure_excerpt(output: str, limit: int = 12000) -> str:
     """What failed in a scenario's output, which its tail (the destroy step) no longer shows.
 
-    Every failed Ansible task with what follows it, and the verifier's failures: each failed
-    test's name, its assertion (the ``E`` lines) and where it stopped.
+    Every failed Ansible task from its header to its result, and the verifier's failures: each
+    failed test's name, its assertion (the ``E`` lines) and where it stopped.
     """
     parts: list[str] = []
     lines = output.splitlines()
