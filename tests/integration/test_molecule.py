@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -30,6 +32,9 @@ NEEDS = {
         "Miniforge or Miniconda installer file (its Python matching the wheelhouse's) to run it",
     ),
 }
+
+# The longest scenario (fleet) takes about 17 minutes on 2 cores: room for a slower machine.
+TIMEOUT = 2400
 
 
 @pytest.mark.integration
@@ -50,49 +55,81 @@ def test_molecule_scenario(scenario: str) -> None:
     if os.environ.get("VLLM_FLEET_MITOGEN") != "0":
         env.update(mitogen_env())
     started = time.monotonic()
-    try:
-        proc = subprocess.run(
-            ["molecule", "test", "-s", scenario],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            # The longest scenario (fleet) takes about 13 minutes on 2 cores: room for a slower machine.
-            timeout=2400,
-            check=False,
-        )
-    except subprocess.TimeoutExpired as expired:
+    returncode, raw, steps = run_timed(["molecule", "test", "-s", scenario], env, TIMEOUT)
+    if returncode == 124:
         # Killed mid-sequence, its hosts still run (three vLLMs in fleet's case) and would starve
         # the scenarios after it: remove them, keep what it printed.
         subprocess.run(
             ["molecule", "destroy", "-s", scenario], cwd=ROOT, env=env, capture_output=True, check=False
         )
-        out = (
-            expired.stdout
-            if isinstance(expired.stdout, str)
-            else (expired.stdout or b"").decode(errors="replace")
-        )
-        proc = subprocess.CompletedProcess(
-            expired.cmd, 124, stdout=out + f"\n(timed out after {expired.timeout} s)\n"
-        )
+        raw += f"\n(timed out after {TIMEOUT} s)\n"
     seconds = time.monotonic() - started
-    output = re.sub(r"\x1b\[[0-9;]*m", "", proc.stdout)
+    step_times = ", ".join(f"{step} {taken:.0f}" for step, taken in steps)
+    output = re.sub(r"\x1b\[[0-9;]*m", "", raw)
     # scripts/test ends with a table of these (the CI budget).
     if os.environ.get("VLLM_FLEET_TIMES"):
         with open(os.environ["VLLM_FLEET_TIMES"], "a") as times:
-            times.write(f"{scenario}\t{seconds:.0f}\t{'passed' if proc.returncode == 0 else 'FAILED'}\n")
+            status = "passed" if returncode == 0 else "FAILED"
+            times.write(f"{scenario}\t{seconds:.0f}\t{status}\t{step_times}\n")
     # The whole output stays (pytest shows a passed test's output nowhere): the scenarios print
     # the times and request counts they measured.
     log = cache_dir() / "molecule" / f"{scenario}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     log.write_text(output)
     print(f"whole output: {log}\n{output[-20000:]}")
-    assert proc.returncode == 0, (
-        f"molecule test -s {scenario} failed (rc={proc.returncode}):\n{failure_excerpt(output)}"
+    print(f"steps (s): {step_times}")
+    assert returncode == 0, (
+        f"molecule test -s {scenario} failed (rc={returncode}):\n{failure_excerpt(output)}"
     )
     # Every scenario's sequence includes idempotence (a second converge with changed=0).
     assert re.search(rf"{scenario}\W+idempotence\W+Executed: Successful", output)
+
+
+# Molecule's line at each step's start and end: "INFO     [fleet > converge] Executing".
+STEP = re.compile(r"\[[\w.-]+ > (\w+)\] (Executing|Executed\b.*)$")
+
+
+def run_timed(
+    command: list[str], env: dict[str, str], timeout: float
+) -> tuple[int, str, list[tuple[str, float]]]:
+    """Run a Molecule command: its exit status (124 when killed at `timeout` seconds), its output
+    (stderr merged), and each step's seconds from its `Executing` line to its `Executed` line.
+    """
+    proc = subprocess.Popen(
+        command,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        # Its own process group: a timeout kills the playbooks Molecule started too, whose open
+        # output would otherwise keep the read below waiting.
+        start_new_session=True,
+    )
+    expired = threading.Event()
+
+    def kill() -> None:
+        expired.set()
+        os.killpg(proc.pid, signal.SIGKILL)
+
+    timer = threading.Timer(timeout, kill)
+    timer.start()
+    lines: list[str] = []
+    steps: list[tuple[str, float]] = []
+    begun: dict[str, float] = {}
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            found = STEP.search(line.rstrip())
+            if found and found[2] == "Executing":
+                begun[found[1]] = time.monotonic()
+            elif found and found[1] in begun:
+                steps.append((found[1], time.monotonic() - begun.pop(found[1])))
+    finally:
+        timer.cancel()
+    returncode = proc.wait()
+    return (124 if expired.is_set() else returncode), "".join(lines), steps
 
 
 def failure_excerpt(output: str, limit: int = 12000) -> str:
