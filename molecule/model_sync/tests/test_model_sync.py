@@ -21,6 +21,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 from openai import OpenAI
 
 from vllm_fleet.paths import cache_dir
@@ -38,22 +39,15 @@ TINY = str(cache_dir() / "models" / "tiny-llama")
 SEED0 = {"name": "tiny-llama", "revision": "seed0", "source": TINY}
 GEN2 = {"name": "tiny-llama", "revision": "gen2", "source": str(SOURCES / "tiny-llama-gen2")}
 GEN3 = {"name": "tiny-llama", "revision": "gen3", "source": str(SOURCES / "tiny-llama-gen3")}
+# The instance as host_vars/ defines it.
+HOST_VARS = yaml.safe_load((SCENARIO / "host_vars" / "vllm-model-sync-1.yml").read_text())
+SPEC = HOST_VARS["vllm_server_instances"][0]
 NFS = {"name": "tiny-nfs", "revision": "seed0", "type": "nfs", "source": "/srv/nfs/tiny-llama"}
 
 
 def instance(revision: str) -> dict:
-    return {
-        "name": "tiny",
-        "model": "tiny-llama",
-        "revision": revision,
-        "served_model_name": "tiny",
-        "port": PORT,
-        "device": "cpu",
-        "dtype": "float32",
-        "max_model_len": 512,
-        "enforce_eager": True,
-        "env": {"VLLM_CPU_KVCACHE_SPACE": "1"},
-    }
+    """The scenario's instance (host_vars/) on another revision."""
+    return {**SPEC, "revision": revision}
 
 
 def record(host, revision: str, model: str = MODEL) -> dict:
