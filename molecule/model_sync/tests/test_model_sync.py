@@ -31,7 +31,6 @@ STORE = "/var/lib/vllm-fleet/models"
 MODEL = f"{STORE}/tiny-llama"
 INSTANCE_LINK = "/var/lib/vllm-fleet/instances/tiny/model"
 UNIT = "vllm-tiny.service"
-PORT = 8000
 RECORD = ".vllm-fleet-manifest.json"
 SOURCES = cache_dir() / "molecule" / "model_sync"
 TINY = str(cache_dir() / "models" / "tiny-llama")
@@ -42,6 +41,7 @@ GEN3 = {"name": "tiny-llama", "revision": "gen3", "source": str(SOURCES / "tiny-
 # The instance as host_vars/ defines it.
 HOST_VARS = yaml.safe_load((SCENARIO / "host_vars" / "vllm-model-sync-1.yml").read_text())
 SPEC = HOST_VARS["vllm_server_instances"][0]
+PORT = SPEC["port"]
 NFS = {"name": "tiny-nfs", "revision": "seed0", "type": "nfs", "source": "/srv/nfs/tiny-llama"}
 
 
