@@ -16,7 +16,7 @@ dropin=/etc/systemd/system/vllm-tiny.service.d/benchmark.conf
 if [ "$1" = three ]; then
     mkdir -p "${dropin%/*}"
     start=$(sed -n 's/^ExecStart=//p' "$unit" | sed 's/ --distributed-executor-backend uni//')
-    printf '[Service]\nEnvironment=VLLM_CPU_OMP_THREADS_BIND=auto\nExecStart=\nExecStart=%s\n' \
+    printf '[Service]\nEnvironment=VLLM_CPU_OMP_THREADS_BIND=auto VLLM_ENABLE_V1_MULTIPROCESSING=1\nExecStart=\nExecStart=%s\n' \
         "$start" >"$dropin"
 else
     rm -f "$dropin"
