@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -35,15 +36,23 @@ NEEDS = {
 
 # The longest scenario (fleet) takes about 17 minutes on 2 cores: room for a slower machine.
 TIMEOUT = 2400
+# Scenarios that start no vLLM and spend their time waiting on Ansible's round trips: they run
+# beside the others, from the session's first scenario on, on the core those leave idle (CI's
+# budget). Two scenarios that start vLLM at once each take twice as long (2026-12-06).
+BESIDE = ("gpu_driver",)
 
 
-@pytest.mark.integration
-@pytest.mark.parametrize("scenario", SCENARIOS)
-def test_molecule_scenario(scenario: str) -> None:
-    variable, reason = NEEDS.get(scenario, ("", ""))
-    if variable and not os.environ.get(variable):
-        print(f"skipping {scenario}: {reason}")
-        pytest.skip(f"{scenario}: {reason}")
+@dataclass
+class Run:
+    """A `molecule test` of one scenario: exit status, output, each step's seconds, the whole."""
+
+    returncode: int
+    output: str
+    steps: list[tuple[str, float]]
+    seconds: float
+
+
+def scenario_env() -> dict[str, str]:
     env = dict(
         os.environ,
         PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
@@ -54,6 +63,11 @@ def test_molecule_scenario(scenario: str) -> None:
     # vllm-fleet runs by default; VLLM_FLEET_MITOGEN=0: stock Ansible's linear strategy.
     if os.environ.get("VLLM_FLEET_MITOGEN") != "0":
         env.update(mitogen_env())
+    return env
+
+
+def run_scenario(scenario: str) -> Run:
+    env = scenario_env()
     started = time.monotonic()
     returncode, raw, steps = run_timed(["molecule", "test", "-s", scenario], env, TIMEOUT)
     if returncode == 124:
@@ -63,26 +77,67 @@ def test_molecule_scenario(scenario: str) -> None:
             ["molecule", "destroy", "-s", scenario], cwd=ROOT, env=env, capture_output=True, check=False
         )
         raw += f"\n(timed out after {TIMEOUT} s)\n"
-    seconds = time.monotonic() - started
-    step_times = ", ".join(f"{step} {taken:.0f}" for step, taken in steps)
-    output = re.sub(r"\x1b\[[0-9;]*m", "", raw)
+    return Run(returncode, re.sub(r"\x1b\[[0-9;]*m", "", raw), steps, time.monotonic() - started)
+
+
+class Beside:
+    """A scenario's run in a thread of its own, started now; wait() gives its Run."""
+
+    def __init__(self, scenario: str) -> None:
+        self.run: Run | None = None
+        self.thread = threading.Thread(target=self.work, args=(scenario,), daemon=True)
+        self.thread.start()
+
+    def work(self, scenario: str) -> None:
+        self.run = run_scenario(scenario)
+
+    def wait(self) -> Run:
+        self.thread.join()
+        assert self.run is not None, "the scenario's thread ended without a run"
+        return self.run
+
+
+def missing(scenario: str) -> str:
+    """Why the scenario cannot run here ("" if it can)."""
+    variable, reason = NEEDS.get(scenario, ("", ""))
+    return reason if variable and not os.environ.get(variable) else ""
+
+
+@pytest.fixture(scope="session")
+def beside(request: pytest.FixtureRequest) -> dict[str, Beside]:
+    """The selected BESIDE scenarios, started at the session's first scenario."""
+    selected = {
+        item.callspec.params.get("scenario") for item in request.session.items if hasattr(item, "callspec")
+    }
+    return {name: Beside(name) for name in BESIDE if name in selected and not missing(name)}
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_molecule_scenario(scenario: str, beside: dict[str, Beside]) -> None:
+    if missing(scenario):
+        print(f"skipping {scenario}: {missing(scenario)}")
+        pytest.skip(f"{scenario}: {missing(scenario)}")
+    run = beside[scenario].wait() if scenario in beside else run_scenario(scenario)
+    step_times = ", ".join(f"{step} {taken:.0f}" for step, taken in run.steps)
     # scripts/test ends with a table of these (the CI budget).
     if os.environ.get("VLLM_FLEET_TIMES"):
         with open(os.environ["VLLM_FLEET_TIMES"], "a") as times:
-            status = "passed" if returncode == 0 else "FAILED"
-            times.write(f"{scenario}\t{seconds:.0f}\t{status}\t{step_times}\n")
+            status = "passed" if run.returncode == 0 else "FAILED"
+            where = " (beside the others)" if scenario in beside else ""
+            times.write(f"{scenario}{where}\t{run.seconds:.0f}\t{status}\t{step_times}\n")
     # The whole output stays (pytest shows a passed test's output nowhere): the scenarios print
     # the times and request counts they measured.
     log = cache_dir() / "molecule" / f"{scenario}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    log.write_text(output)
-    print(f"whole output: {log}\n{output[-20000:]}")
+    log.write_text(run.output)
+    print(f"whole output: {log}\n{run.output[-20000:]}")
     print(f"steps (s): {step_times}")
-    assert returncode == 0, (
-        f"molecule test -s {scenario} failed (rc={returncode}):\n{failure_excerpt(output)}"
+    assert run.returncode == 0, (
+        f"molecule test -s {scenario} failed (rc={run.returncode}):\n{failure_excerpt(run.output)}"
     )
     # Every scenario's sequence includes idempotence (a second converge with changed=0).
-    assert re.search(rf"{scenario}\W+idempotence\W+Executed: Successful", output)
+    assert re.search(rf"{scenario}\W+idempotence\W+Executed: Successful", run.output)
 
 
 # Molecule's line at each step's start and end: "INFO     [fleet > converge] Executing".
