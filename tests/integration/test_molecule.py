@@ -115,9 +115,10 @@ def beside(request: pytest.FixtureRequest) -> dict[str, Beside]:
 @pytest.mark.integration
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_molecule_scenario(scenario: str, beside: dict[str, Beside]) -> None:
-    if missing(scenario):
-        print(f"skipping {scenario}: {missing(scenario)}")
-        pytest.skip(f"{scenario}: {missing(scenario)}")
+    reason = missing(scenario)
+    if reason:
+        print(f"skipping {scenario}: {reason}")
+        pytest.skip(f"{scenario}: {reason}")
     run = beside[scenario].wait() if scenario in beside else run_scenario(scenario)
     step_times = ", ".join(f"{step} {taken:.0f}" for step, taken in run.steps)
     # scripts/test ends with a table of these (the CI budget).
