@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -146,10 +147,11 @@ STEP = re.compile(r"\[[\w.-]+ > (\w+)\] (Executing|Executed\b.*)$")
 
 
 def run_timed(
-    command: list[str], env: dict[str, str], timeout: float
+    command: list[str], env: dict[str, str], timeout: float, clock: Callable[[], float] = time.monotonic
 ) -> tuple[int, str, list[tuple[str, float]]]:
     """Run a Molecule command: its exit status (124 when killed at `timeout` seconds), its output
-    (stderr merged), and each step's seconds from its `Executing` line to its `Executed` line.
+    (stderr merged), and each step's seconds from its `Executing` line to its `Executed` line,
+    read on `clock` as each line arrives.
     """
     proc = subprocess.Popen(
         command,
@@ -179,9 +181,9 @@ def run_timed(
             lines.append(line)
             found = STEP.search(line.rstrip())
             if found and found[2] == "Executing":
-                begun[found[1]] = time.monotonic()
+                begun[found[1]] = clock()
             elif found and found[1] in begun:
-                steps.append((found[1], time.monotonic() - begun.pop(found[1])))
+                steps.append((found[1], clock() - begun.pop(found[1])))
     finally:
         timer.cancel()
     returncode = proc.wait()
