@@ -113,7 +113,7 @@ def run_wrapper(*args: str, timeout: float = 900) -> tuple[int, dict[str, Any]]:
         raise AssertionError(f"vllm-fleet {' '.join(args)} printed no JSON: {done.output[-3000:]}") from err
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def wrapper() -> Callable[..., tuple[int, dict[str, Any]]]:
     """wrapper(*args) -> (exit code, JSON document) of `vllm-fleet ARGS` on the scenario's inventory."""
     return run_wrapper
