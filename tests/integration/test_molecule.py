@@ -41,6 +41,9 @@ TIMEOUT = 2400
 # beside the others, from the session's first scenario on, on the core those leave idle (CI's
 # budget). Two scenarios that start vLLM at once each take twice as long (2026-12-06).
 BESIDE = ("gpu_driver",)
+# Scenarios without Molecule's idempotence step (molecule.yml says why), and the test of their
+# verify that converges again and asserts changed=0 on every host.
+OWN_IDEMPOTENCE = {"fleet": "test_a_second_converge_changes_nothing"}
 
 
 @dataclass
@@ -96,11 +99,6 @@ class Beside:
         self.thread.join()
         assert self.run is not None, "the scenario's thread ended without a run"
         return self.run
-
-
-# Scenarios without Molecule's idempotence step (molecule.yml says why), and the test of their
-# verify that converges again and asserts changed=0 on every host.
-OWN_IDEMPOTENCE = {"fleet": "test_a_second_converge_changes_nothing"}
 
 
 def missing(scenario: str) -> str:

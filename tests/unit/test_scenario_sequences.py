@@ -4,14 +4,11 @@ verify that converges again: checked here in a second, not after a scenario's wh
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import yaml
 
-from tests.integration.test_molecule import OWN_IDEMPOTENCE, SCENARIOS
+from tests.integration.test_molecule import OWN_IDEMPOTENCE, ROOT, SCENARIOS
 
-ROOT = Path(__file__).resolve().parents[2]
 SHARED = yaml.safe_load((ROOT / ".config" / "molecule" / "config.yml").read_text())
 
 

@@ -10,9 +10,9 @@ completion through the gateway still works. The cases come in as extra variables
 precedence Ansible has, so a case that passes a host-level check is not hidden by the scenario's
 own settings.
 
-The cases run RUNS_AT_ONCE at a time, as users at several desks would: each run waits on its
-hosts most of its time (a core stayed 40 % idle when they ran one by one), and a refused run
-changes nothing that another could see. So the fingerprints are compared once, after the last
+The cases run RUNS_AT_ONCE at a time, as users at several desks would: a refused run changes
+nothing that another could see (each has its own runner directory; the hosts hold no lock), and
+one at a time they left a core 40 % idle. So the fingerprints are compared once, after the last
 case; a change would stay (a restart changes a unit's InvocationID for good).
 """
 
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -85,7 +86,9 @@ RUNS_AT_ONCE = 3
 
 
 @pytest.fixture(scope="module")
-def runs(before: dict[str, str], wrapper: Any) -> dict[str, tuple[int, dict[str, Any]]]:
+def runs(
+    before: dict[str, str], wrapper: Callable[..., tuple[int, dict[str, Any]]]
+) -> dict[str, tuple[int, dict[str, Any]]]:
     """Each case's `vllm-fleet up -e @file` by its `why` (exit code and JSON document), all of
     them after `before`."""
 

@@ -26,6 +26,7 @@ from vllm_fleet.paths import project_dir
 
 sys.path.insert(0, str(project_dir() / "collections"))
 from ansible_collections.vllm_fleet.serving.plugins.module_utils import monitoring as mon
+from ansible_collections.vllm_fleet.serving.plugins.module_utils.vllm_spec import served_names
 
 testinfra_hosts = ["gateway-gw"]
 
@@ -105,11 +106,11 @@ def test_prometheus_has_vllm_series_of_every_instance(prometheus):
         return {s["metric"]["instance"]: s["metric"] for s in series if float(s["value"][1]) > 10}
 
     found = _wait_for("vllm: series of every instance", lambda: len(labelled()) == len(SPECS) and labelled())
-    for name, labels in expected.items():
-        assert {k: found[name][k] for k in labels} == labels
-        # vLLM's own label: the served model name (the first, where an instance has several).
-        served = next(s["served_model_name"] for s in SPECS if s["name"] == name)
-        assert found[name]["model_name"] == (served if isinstance(served, str) else served[0])
+    for spec in SPECS:
+        name = spec["name"]
+        assert {k: found[name][k] for k in expected[name]} == expected[name]
+        # vLLM's own label: the primary served name.
+        assert found[name]["model_name"] == served_names(spec)[0]
     up = _by_instance(_query(prometheus, f'up{{job="vllm", {ON_HOST}}}'))
     assert up == {spec["name"]: 1.0 for spec in SPECS}
 
