@@ -11,6 +11,10 @@
    with or without `--no-mitogen`: hosts created from nothing, environment, model, gateway). Slow:
    about 2.5 minutes each.
 4. The offline plan of 10, 200 and 1000 hosts: benchmarks/plan.py's figures.
+5. With --copy-mib N: the roles' rsync copy (`ansible.posix.synchronize`, `use_ssh_args`, as
+   python_env and model_sync copy) of N MiB of a real Python environment (this venv as a tar) to
+   an idle host, with Ansible's default ssh_args (`-C`: SSH compresses) and with ansible.cfg's
+   (the same without `-C`).
 
 The sides alternate within each round, so a drift of the machine's speed hits them alike; ratios
 are taken round by round and their median printed.
@@ -19,6 +23,7 @@ are taken round by round and their median printed.
     .venv/bin/python benchmarks/connections.py --fresh 1 --json /tmp/connections.json
     .venv/bin/python benchmarks/connections.py --skip-converge --skip-plan --rounds 5
     .venv/bin/python benchmarks/connections.py --skip-per-task --skip-converge --skip-plan --fresh 2
+    .venv/bin/python benchmarks/connections.py --skip-per-task --skip-converge --skip-plan --copy-mib 1024
 """
 
 from __future__ import annotations
@@ -44,6 +49,28 @@ HOST = "vllm-conn-bench-1"
 SANDBOX = ROOT / "inventories" / "sandbox"
 # How the per-task play reaches its host, each side's ansible-playbook options and environment.
 DOCKER = ["-e", "ansible_connection=community.docker.docker", "-e", "ansible_user=root"]
+# The ssh_args the copy runs with: Ansible's default, and ansible.cfg's (the default without -C).
+COPY_SSH_ARGS = {
+    "ansible_default": "-C -o ControlMaster=auto -o ControlPersist=60s",
+    "ansible_cfg": "-o ControlMaster=auto -o ControlPersist=60s",
+}
+COPY_PLAY = """\
+- hosts: vllm_servers
+  become: true
+  gather_facts: false
+  tasks:
+    - name: Copy the file as the roles copy (rsync over the connection's ssh arguments)
+      ansible.posix.synchronize:
+        src: "{{ source }}"
+        dest: /var/tmp/copy-bench
+        compress: false
+        use_ssh_args: true
+        verify_host: true
+    - name: Remove the copy
+      ansible.builtin.file:
+        path: /var/tmp/copy-bench
+        state: absent
+"""
 
 
 def per_task(rounds: int, tasks: int) -> dict[str, Any]:
@@ -84,6 +111,40 @@ def per_task(rounds: int, tasks: int) -> dict[str, Any]:
         "tasks": tasks,
         "seconds_per_task": {side: summary(r) for side, r in runs.items()},
         "ratio_to_ssh": {side: paired_ratio(r, runs["ssh"]) for side, r in runs.items()},
+    }
+
+
+def copy(rounds: int, mib: int) -> dict[str, Any]:
+    """Seconds of the roles' rsync copy of `mib` MiB with and without SSH's compression."""
+    with tempfile.TemporaryDirectory(prefix="connections-bench-") as tmp:
+        work = Path(tmp)
+        inventory = work / "hosts.yml"
+        write_inventory(inventory, [HOST], NETWORK)
+        playbook = work / "copy.yml"
+        playbook.write_text(COPY_PLAY)
+        source = work / "environment.tar"
+        # Real content: Python sources, compiled modules and their data, as an environment holds.
+        with source.open("wb") as out:
+            tar = subprocess.Popen(["tar", "-cf", "-", "-C", str(BIN.parent), "lib"], stdout=subprocess.PIPE)
+            assert tar.stdout is not None
+            out.write(tar.stdout.read(mib * 2**20))
+            tar.kill()
+            tar.wait()
+        log(f"creating {HOST}")
+        sandbox(inventory, [HOST], NETWORK, "present")
+        try:
+            runs: dict[str, list[float]] = {side: [] for side in COPY_SSH_ARGS}
+            for round_ in range(1, rounds + 1):
+                for side, ssh_args in COPY_SSH_ARGS.items():
+                    env = {**mitogen_env(), "ANSIBLE_SSH_ARGS": ssh_args}
+                    runs[side].append(_playbook_seconds(playbook, inventory, ["-e", f"source={source}"], env))
+                    log(f"round {round_}: copy, {side:15} {runs[side][-1]:.1f} s")
+        finally:
+            sandbox(inventory, [HOST], NETWORK, "absent")
+    return {
+        "mib": mib,
+        "seconds": {side: summary(r) for side, r in runs.items()},
+        "ratio_to_default": paired_ratio(runs["ansible_cfg"], runs["ansible_default"]),
     }
 
 
@@ -162,6 +223,7 @@ def main() -> int:
     parser.add_argument("--skip-per-task", action="store_true", help="no seconds per task")
     parser.add_argument("--skip-converge", action="store_true", help="no unchanged converge of the sandbox")
     parser.add_argument("--skip-plan", action="store_true", help="no offline plan")
+    parser.add_argument("--copy-mib", type=int, default=0, metavar="N", help="copy N MiB with and without -C")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
 
@@ -186,6 +248,12 @@ def main() -> int:
         for n, s in figures["offline_plan"]["seconds"].items():
             ratio = figures["offline_plan"]["ratio_to_10"][n]
             print(f"  {n:>5} hosts {s['min']:.1f} / {s['median']:.1f} / {s['max']:.1f} s   x 10: {ratio:.2f}")
+    if args.copy_mib:
+        figures["copy"] = copy(args.rounds, args.copy_mib)
+        print(f"\nrsync copy of {args.copy_mib} MiB of a Python environment (min/median/max):")
+        for side, s in figures["copy"]["seconds"].items():
+            print(f"  {side:15} {s['min']:.1f} / {s['median']:.1f} / {s['max']:.1f} s")
+        print(f"  ansible.cfg / Ansible's default, paired: {figures['copy']['ratio_to_default']:.2f}")
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2) + "\n")
     return 0
