@@ -14,6 +14,8 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from datetime import datetime
+from itertools import pairwise
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -40,7 +42,7 @@ def _inventory_dir() -> Path:
     return Path(inventory).parent
 
 
-def _run(cmd: list[str], timeout: float, stderr: int = subprocess.STDOUT) -> Run:
+def _run(cmd: list[str], timeout: float, stderr: int = subprocess.STDOUT, **env_extra: str) -> Run:
     """Run from the repository with Molecule's environment; stderr joins the output by default.
 
     Results as JSON: failure messages verbatim, not folded or re-quoted as YAML would.
@@ -51,6 +53,7 @@ def _run(cmd: list[str], timeout: float, stderr: int = subprocess.STDOUT) -> Run
         ANSIBLE_FORCE_COLOR="0",
         NO_COLOR="1",
         ANSIBLE_CALLBACK_RESULT_FORMAT="json",
+        **env_extra,
     )
     start = time.monotonic()
     proc = subprocess.run(
@@ -67,6 +70,23 @@ def _run(cmd: list[str], timeout: float, stderr: int = subprocess.STDOUT) -> Run
 
 
 PlaybookRunner = Callable[..., Run]
+
+# Ansible's log (ANSIBLE_LOG_PATH): each line's time, and the banner of a task or play.
+_LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) ")
+_BANNER = re.compile(r"\| (TASK|PLAY RECAP|PLAY) \[?(.*?)\]? \*+$")
+
+
+def slowest_tasks(log: Path, count: int = 3) -> list[tuple[float, str]]:
+    """The `count` slowest tasks of a run from its Ansible log, slowest first: each task's seconds
+    from its banner to the next (every host and loop item of the task together)."""
+    banners: list[tuple[float, str | None]] = []  # a task's start and name; None: a play's
+    for line in log.read_text(errors="replace").splitlines() if log.exists() else []:
+        stamp, banner = _LOG_TIME.match(line), _BANNER.search(line)
+        if stamp and banner:
+            started = datetime.strptime(stamp[1], "%Y-%m-%d %H:%M:%S").timestamp() + int(stamp[2]) / 1000
+            banners.append((started, banner[2] if banner[1] == "TASK" else None))
+    spans = [(end - start, name) for (start, name), (end, _) in pairwise(banners) if name]
+    return sorted(spans, reverse=True)[:count]
 
 
 @pytest.fixture
@@ -96,8 +116,11 @@ def run_playbook(tmp_path: Path) -> PlaybookRunner:
             path = tmp_path / f"extra-{time.monotonic_ns()}.yml"
             path.write_text(yaml.safe_dump(extra))
             cmd += ["-e", f"@{path}"]
-        done = _run(cmd, timeout)
+        log = tmp_path / f"ansible-{time.monotonic_ns()}.log"
+        done = _run(cmd, timeout, ANSIBLE_LOG_PATH=str(log))
+        slowest = ", ".join(f"{name} {seconds:.1f} s" for seconds, name in slowest_tasks(log))
         print(f"\nansible-playbook {playbook} {' '.join(args)}: rc={done.rc} in {done.seconds:.1f} s")
+        print(f"  slowest tasks: {slowest}")
         return done._replace(output=" ".join(done.output.split())) if flat else done
 
     return run
