@@ -1,15 +1,15 @@
 #!/bin/sh
-# One restart of the default scenario's instance, to serving (/health), in a process mode:
+# One restart of the model_sync scenario's instance, to serving (/health), in a process mode:
 #   two    the scenarios' setting: the worker inside the engine process (the uni executor; two
 #          processes, the API server's and the engine's), OpenMP threads unbound
 #   three  the CPU build's own: API server, engine and worker processes, the worker bound to a core
 # Paired, on a converged scenario (docs: README, Benchmarks):
-#   molecule create -s default && molecule converge -s default
+#   molecule create -s model_sync && molecule prepare -s model_sync && molecule converge -s model_sync
 #   farm-bench -n 5 --timeout 560 --vs "benchmarks/instance_start.sh three" -- benchmarks/instance_start.sh two
-#   molecule destroy -s default
+#   molecule destroy -s model_sync
 set -eu
 case ${1:-} in two | three) ;; *) echo "usage: $0 two|three" >&2; exit 2 ;; esac
-docker exec -i vllm-molecule-1 sh -s "$1" <<'ON_HOST'
+docker exec -i vllm-model-sync-1 sh -s "$1" <<'ON_HOST'
 set -eu
 unit=/etc/systemd/system/vllm-tiny.service
 dropin=/etc/systemd/system/vllm-tiny.service.d/benchmark.conf

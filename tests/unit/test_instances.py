@@ -2,7 +2,7 @@
 
 systemd is the one part replaced here: ``Systemd`` records the calls and keeps which units are
 active, as ``systemctl is-active`` would answer. Real units start and fail in the Molecule
-scenarios (default, instances, fleet).
+scenarios (model_sync, instances, fleet).
 """
 
 from __future__ import annotations

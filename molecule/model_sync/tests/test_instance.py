@@ -1,4 +1,9 @@
-"""The default scenario's host serves the tiny model as an unprivileged, key-protected service."""
+"""The converged host serves the tiny model as an unprivileged, key-protected service, and the
+command line's `up`, `status` and `plan` work on it.
+
+pytest takes a directory's files in name order: this one runs before test_model_sync.py, which
+moves the instance to other revisions, so it sees the host as the converge left it.
+"""
 
 from __future__ import annotations
 
