@@ -85,7 +85,7 @@ def slowest_tasks(log: Path, count: int = 3) -> list[tuple[float, str]]:
         if stamp and banner:
             started = datetime.strptime(stamp[1], "%Y-%m-%d %H:%M:%S").timestamp() + int(stamp[2]) / 1000
             banners.append((started, banner[2] if banner[1] == "TASK" else None))
-    spans = [(end - start, name) for (start, name), (end, _) in pairwise(banners) if name]
+    spans = [(end - start, name) for (start, name), (end, _next) in pairwise(banners) if name]
     return sorted(spans, reverse=True)[:count]
 
 

@@ -38,7 +38,7 @@ class ActionModule(ActionBase):
 
     TRANSFERS_FILES = False
     _requires_connection = False
-    _VALID_ARGS = frozenset(("hosts", "fleet_hosts", "offline", "defaults"))
+    _VALID_ARGS = frozenset(("hosts", "fleet_hosts", "offline", "settings_only", "defaults"))
 
     def run(self, tmp: Any = None, task_vars: dict[str, Any] | None = None) -> dict[str, Any]:
         # ActionBase is untyped (Any): its run() returns the result dict every action extends.
@@ -48,7 +48,10 @@ class ActionModule(ActionBase):
         hosts = args.get("hosts")
         if not isinstance(hosts, list) or not hosts:
             raise AnsibleActionFail("fleet_plan needs hosts: a non-empty list of inventory host names")
-        offline = bool(args.get("offline", False))
+        # Settings only: what the controller knows, before any host is contacted; the hardware an
+        # inventory declares for offline plans is left out too, so no check of it can fail here.
+        settings_only = bool(args.get("settings_only", False))
+        offline = settings_only or bool(args.get("offline", False))
         defaults = args.get("defaults") or {}
         missing = sorted((set(HOST_INPUTS.values()) | set(TIMINGS)) - set(defaults))
         if missing:
@@ -70,6 +73,8 @@ class ActionModule(ActionBase):
                     # Not resolvable here (a vault variable an offline plan has no password
                     # for): not checked now; the roles resolve and check it where it is used.
                     host_inputs[key] = unset
+            if settings_only:
+                host_inputs["declared_gpus"] = None
             if offline:
                 host_inputs.update(gpus=None, listeners=None)
             else:

@@ -41,6 +41,13 @@ options:
     description: Plan from C(vllm_server_declared_gpus) without host facts.
     type: bool
     default: false
+  settings_only:
+    description:
+      - Check only what the controller knows, the settings of every host against their models,
+        without host facts or declared hardware, before any host is contacted. The GPU, port and
+        store checks are then not checked, never failed.
+    type: bool
+    default: false
   defaults:
     description: The role defaults of the variables listed above, for hosts that do not set them.
     type: dict

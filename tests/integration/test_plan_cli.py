@@ -63,3 +63,23 @@ def test_offline_plan_refuses_a_bad_spec(tmp_path: Path):
     assert not doc["ok"]
     failures = doc["plans"]["gpu-b01.example.internal"]["failures"]
     assert any("GPU 3 is owned by several instances" in f for f in failures), failures
+
+
+def test_up_refuses_bad_settings_before_contacting_any_host(tmp_path: Path):
+    """`vllm-fleet up` (a converge, not offline) checks the settings on the controller first: a
+    mistake is refused without contacting any host. The example's hosts do not resolve, so a
+    run that tried to reach one would end unreachable (exit 4), not refused (exit 3)."""
+    inventory = tmp_path / "production"
+    shutil.copytree(PRODUCTION, inventory)
+    group_vars = inventory / "group_vars" / "llama8b.yml"
+    data = yaml.safe_load(group_vars.read_text())
+    data["vllm_server_instances"][1]["port"] = data["vllm_server_instances"][0]["port"]
+    group_vars.write_text(yaml.safe_dump(data))
+    proc = subprocess.run(
+        [*CLI, "up", "-i", str(inventory), "--json"], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert proc.returncode == 3, proc.stdout + proc.stderr[-3000:]
+    doc = json.loads(proc.stdout)
+    messages = [f["message"] for f in doc["failures"]]
+    assert any("'port' must be unique on a host" in m for m in messages), messages
+    assert not any(f["unreachable"] for f in doc["failures"]), doc["failures"]
