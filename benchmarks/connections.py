@@ -34,7 +34,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -73,12 +74,23 @@ COPY_PLAY = """\
 """
 
 
+@contextmanager
+def _idle_host(work: Path) -> Iterator[Path]:
+    """A test host of the measurement's own, created and removed: its inventory's path."""
+    inventory = work / "hosts.yml"
+    write_inventory(inventory, [HOST], NETWORK)
+    log(f"creating {HOST}")
+    sandbox(inventory, [HOST], NETWORK, "present")
+    try:
+        yield inventory
+    finally:
+        sandbox(inventory, [HOST], NETWORK, "absent")
+
+
 def per_task(rounds: int, tasks: int) -> dict[str, Any]:
     """Seconds per task of each way of reaching an idle host (play start-up subtracted)."""
     with tempfile.TemporaryDirectory(prefix="connections-bench-") as tmp:
         work = Path(tmp)
-        inventory = work / "hosts.yml"
-        write_inventory(inventory, [HOST], NETWORK)
         plays = {}
         for count in (1, tasks + 1):
             body = "".join(
@@ -93,10 +105,8 @@ def per_task(rounds: int, tasks: int) -> dict[str, Any]:
             "ssh": ([], {}),
             "ssh_mitogen": ([], mitogen_env()),
         }
-        log(f"creating {HOST}")
-        sandbox(inventory, [HOST], NETWORK, "present")
-        try:
-            runs: dict[str, list[float]] = {side: [] for side in sides}
+        runs: dict[str, list[float]] = {side: [] for side in sides}
+        with _idle_host(work) as inventory:
             for round_ in range(1, rounds + 1):
                 for side, (options, env) in sides.items():
                     # The difference of a play of tasks+1 and one of 1 task: per-task cost alone,
@@ -105,8 +115,6 @@ def per_task(rounds: int, tasks: int) -> dict[str, Any]:
                     many = _playbook_seconds(plays[tasks + 1], inventory, options, env)
                     runs[side].append((many - one) / tasks)
                     log(f"round {round_}: {side:12} {runs[side][-1]:.3f} s per task")
-        finally:
-            sandbox(inventory, [HOST], NETWORK, "absent")
     return {
         "tasks": tasks,
         "seconds_per_task": {side: summary(r) for side, r in runs.items()},
@@ -118,8 +126,6 @@ def copy(rounds: int, mib: int) -> dict[str, Any]:
     """Seconds of the roles' rsync copy of `mib` MiB with and without SSH's compression."""
     with tempfile.TemporaryDirectory(prefix="connections-bench-") as tmp:
         work = Path(tmp)
-        inventory = work / "hosts.yml"
-        write_inventory(inventory, [HOST], NETWORK)
         playbook = work / "copy.yml"
         playbook.write_text(COPY_PLAY)
         source = work / "environment.tar"
@@ -130,17 +136,13 @@ def copy(rounds: int, mib: int) -> dict[str, Any]:
             out.write(tar.stdout.read(mib * 2**20))
             tar.kill()
             tar.wait()
-        log(f"creating {HOST}")
-        sandbox(inventory, [HOST], NETWORK, "present")
-        try:
-            runs: dict[str, list[float]] = {side: [] for side in COPY_SSH_ARGS}
+        runs: dict[str, list[float]] = {side: [] for side in COPY_SSH_ARGS}
+        with _idle_host(work) as inventory:
             for round_ in range(1, rounds + 1):
                 for side, ssh_args in COPY_SSH_ARGS.items():
                     env = {**mitogen_env(), "ANSIBLE_SSH_ARGS": ssh_args}
                     runs[side].append(_playbook_seconds(playbook, inventory, ["-e", f"source={source}"], env))
                     log(f"round {round_}: copy, {side:15} {runs[side][-1]:.1f} s")
-        finally:
-            sandbox(inventory, [HOST], NETWORK, "absent")
     return {
         "mib": mib,
         "seconds": {side: summary(r) for side, r in runs.items()},
