@@ -116,7 +116,10 @@ def test_cuda_instance_refused_by_the_preflight(host, run_playbook):
                 "device": "cuda",
                 "gpus": [0],
             }
-        ]
+        ],
+        # The sandbox's golden prompt names its smollm2 instance, which this spec replaces: a
+        # settings error the preflight would refuse first, before it reads the host's GPUs.
+        "vllm_server_golden_prompts": {},
     }
     rc, output, seconds = run_playbook("playbooks/plan.yml", None, "-e", json.dumps(spec), flat=True)
     print(f"plan.yml refused the cuda instance in {seconds:.1f} s")
