@@ -1,8 +1,11 @@
 """Each Molecule scenario's sequence (its molecule.yml, else .config/molecule/config.yml) has an
 idempotence step, or names in OWN_IDEMPOTENCE (tests/integration/test_molecule.py) a test of its
-verify that converges again: checked here in a second, not after a scenario's whole run."""
+verify that converges again: checked here in a second, not after a scenario's whole run. The
+scenarios also connect as ansible.cfg does (Molecule writes an ansible.cfg of its own)."""
 
 from __future__ import annotations
+
+import configparser
 
 import pytest
 import yaml
@@ -31,3 +34,12 @@ def test_every_scenario_converges_twice(scenario: str) -> None:
 
 def test_own_idempotence_names_scenarios() -> None:
     assert set(OWN_IDEMPOTENCE) <= set(SCENARIOS)
+
+
+def test_scenarios_use_the_projects_ssh_args() -> None:
+    # Without -C: the roles' rsync copies run over these arguments (docs/connections.md).
+    project = configparser.ConfigParser()
+    project.read(ROOT / "ansible.cfg")
+    ssh_args = project["ssh_connection"]["ssh_args"]
+    assert "-C" not in ssh_args.split()
+    assert SHARED["provisioner"]["config_options"]["ssh_connection"]["ssh_args"] == ssh_args
