@@ -37,10 +37,6 @@ NEEDS = {
 
 # The longest scenario (fleet) takes about 17 minutes on 2 cores: room for a slower machine.
 TIMEOUT = 2400
-# Scenarios that start no vLLM and spend their time waiting on Ansible's round trips: they run
-# beside the others, from the session's first scenario on, on the core those leave idle (CI's
-# budget). Two scenarios that start vLLM at once each take twice as long (2026-12-06).
-BESIDE = ("gpu_driver",)
 # Scenarios without Molecule's idempotence step (molecule.yml says why), and the test of their
 # verify that converges again and asserts changed=0 on every host.
 OWN_IDEMPOTENCE = {"fleet": "test_a_second_converge_changes_nothing"}
@@ -84,53 +80,26 @@ def run_scenario(scenario: str) -> Run:
     return Run(returncode, re.sub(r"\x1b\[[0-9;]*m", "", raw), steps, time.monotonic() - started)
 
 
-class Beside:
-    """A scenario's run in a thread of its own, started now; wait() gives its Run."""
-
-    def __init__(self, scenario: str) -> None:
-        self.run: Run | None = None
-        self.thread = threading.Thread(target=self.work, args=(scenario,), daemon=True)
-        self.thread.start()
-
-    def work(self, scenario: str) -> None:
-        self.run = run_scenario(scenario)
-
-    def wait(self) -> Run:
-        self.thread.join()
-        assert self.run is not None, "the scenario's thread ended without a run"
-        return self.run
-
-
 def missing(scenario: str) -> str:
     """Why the scenario cannot run here ("" if it can)."""
     variable, reason = NEEDS.get(scenario, ("", ""))
     return reason if variable and not os.environ.get(variable) else ""
 
 
-@pytest.fixture(scope="session")
-def beside(request: pytest.FixtureRequest) -> dict[str, Beside]:
-    """The selected BESIDE scenarios, started at the session's first scenario."""
-    selected = {
-        item.callspec.params.get("scenario") for item in request.session.items if hasattr(item, "callspec")
-    }
-    return {name: Beside(name) for name in BESIDE if name in selected and not missing(name)}
-
-
 @pytest.mark.integration
 @pytest.mark.parametrize("scenario", SCENARIOS)
-def test_molecule_scenario(scenario: str, beside: dict[str, Beside]) -> None:
+def test_molecule_scenario(scenario: str) -> None:
     reason = missing(scenario)
     if reason:
         print(f"skipping {scenario}: {reason}")
         pytest.skip(f"{scenario}: {reason}")
-    run = beside[scenario].wait() if scenario in beside else run_scenario(scenario)
+    run = run_scenario(scenario)
     step_times = ", ".join(f"{step} {taken:.0f}" for step, taken in run.steps)
     # scripts/test ends with a table of these (the CI budget).
     if os.environ.get("VLLM_FLEET_TIMES"):
         with open(os.environ["VLLM_FLEET_TIMES"], "a") as times:
             status = "passed" if run.returncode == 0 else "FAILED"
-            where = " (beside the others)" if scenario in beside else ""
-            times.write(f"{scenario}{where}\t{run.seconds:.0f}\t{status}\t{step_times}\n")
+            times.write(f"{scenario}\t{run.seconds:.0f}\t{status}\t{step_times}\n")
     # The whole output stays (pytest shows a passed test's output nowhere): the scenarios print
     # the times and request counts they measured.
     log = cache_dir() / "molecule" / f"{scenario}.log"
