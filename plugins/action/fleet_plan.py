@@ -23,6 +23,8 @@ HOST_INPUTS = {
     "instance_root": "vllm_server_instance_dir",
     "model_store": "vllm_server_model_store",
     "shutdown_timeout": "vllm_server_shutdown_timeout",
+    "config_dir": "vllm_server_config_dir",
+    "environment": "vllm_server_environment",
     "golden_prompts": "vllm_server_golden_prompts",
     "firewall": "vllm_server_firewall",
     "firewall_groups": "vllm_server_firewall_groups",

@@ -6,6 +6,8 @@ from typing import Any
 
 from ansible_collections.vllm_fleet.serving.plugins.module_utils.status import status_rows
 from ansible_collections.vllm_fleet.serving.plugins.module_utils.vllm_spec import (
+    container_remove_argv,
+    container_stop_argv,
     served_names,
     server_argv,
     server_environment,
@@ -25,6 +27,8 @@ class FilterModule:
             "vllm_instances_errors": validate_instances,
             "vllm_served_names": served_names,
             "vllm_server_argv": server_argv,
+            "vllm_container_remove_argv": container_remove_argv,
+            "vllm_container_stop_argv": container_stop_argv,
             "vllm_server_env": server_environment,
             "vllm_store_needs": store_needs,
             "systemd_quote": systemd_quote,

@@ -2,8 +2,9 @@
 
 An instance ``NAME`` on a host is four things: its unit ``<unit_dir>/vllm-NAME.service``, its
 root-only secrets ``<config_dir>/NAME.env``, and two links in ``<instance_dir>/NAME/``: ``model``
-(a revision in the model store) and ``env`` (a Python environment). The unit runs whatever the
-links point at, so switching links and restarting moves an instance, and back.
+(a revision in the model store) and ``env`` (a Python environment; none for a container
+instance, whose unit names its image). The unit runs whatever the links point at, so switching
+links (and units) and restarting moves an instance, and back.
 
 Beside the links live two records of what an instance ran before, each ``<record>-model``,
 ``<record>-env`` and ``<record>.service``:
@@ -48,7 +49,7 @@ class Desired:
     name: str
     unit: str
     model: str
-    env: str
+    env: str  # empty: no env link (a container instance)
     secrets: str = ""
 
     @classmethod
@@ -186,7 +187,7 @@ class Host:
             )
         for link in LINKS:
             before = _link(self.link_path(wanted.name, link))
-            after = getattr(wanted, link)
+            after = getattr(wanted, link) or None
             if before != after:
                 path = self.link_path(wanted.name, link)
                 found.append(
@@ -211,16 +212,24 @@ class Host:
         return found
 
     def _previous_as_desired(self, name: str) -> Desired | None:
-        """The instance as its ``previous`` record has it, where that differs from now."""
+        """The instance as its ``previous`` record has it, where its links or image differ from now.
+
+        A container instance has no env link: its image is in its unit, so there the unit is compared.
+        """
         previous = self._recorded(name, "previous")
         now = {link: _link(self.link_path(name, link)) for link in LINKS}
-        if not any(previous[link] and previous[link] != now[link] for link in LINKS):
+        unit = read_text(self.unit_path(name))
+        links_differ = any(previous[link] and previous[link] != now[link] for link in LINKS)
+        # A container on either side: its image (or the runtime itself) is only in the unit.
+        container = not now["env"] or not previous["env"]
+        unit_differs = container and previous["service"] is not None and previous["service"] != unit
+        if not (links_differ or unit_differs):
             return None
         return Desired(
             name=name,
-            unit=previous["service"] or read_text(self.unit_path(name)) or "",
+            unit=previous["service"] or unit or "",
             model=previous["model"] or now["model"] or "",
-            env=previous["env"] or now["env"] or "",
+            env=previous["env"] or ("" if unit_differs else now["env"]) or "",
             secrets=read_text(self.secrets_path(name)) or "",
         )
 
@@ -276,8 +285,11 @@ class Host:
     def _apply(self, wanted: Desired) -> bool:
         """Write unit, secrets and links of ``wanted``; whether the unit file changed."""
         for link in LINKS:
-            if _link(self.link_path(wanted.name, link)) != getattr(wanted, link):
-                _symlink(getattr(wanted, link), self.link_path(wanted.name, link))
+            target = getattr(wanted, link)
+            if not target:
+                _remove(self.link_path(wanted.name, link))
+            elif _link(self.link_path(wanted.name, link)) != target:
+                _symlink(target, self.link_path(wanted.name, link))
         if read_text(self.secrets_path(wanted.name)) != wanted.secrets:
             write_text_atomic(self.secrets_path(wanted.name), wanted.secrets, 0o600)
         if read_text(self.unit_path(wanted.name)) != wanted.unit:
@@ -322,6 +334,8 @@ class Host:
             for link in LINKS:
                 if recorded[link]:
                     _symlink(str(recorded[link]), self.link_path(name, link))
+                else:  # it had none: a container instance
+                    _remove(self.link_path(name, link))
             if recorded["service"] is not None:
                 write_text_atomic(self.unit_path(name), recorded["service"], 0o644)
             for path in paths.values():

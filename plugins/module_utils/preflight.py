@@ -27,6 +27,7 @@ from ansible_collections.vllm_fleet.serving.plugins.module_utils.firewall import
 from ansible_collections.vllm_fleet.serving.plugins.module_utils.golden import prompt_errors
 from ansible_collections.vllm_fleet.serving.plugins.module_utils.model_files import read_adapter_config
 from ansible_collections.vllm_fleet.serving.plugins.module_utils.vllm_spec import (
+    DEFAULT_CONFIG_DIR,
     DEFAULT_MODEL_STORE,
     MAX_LORA_RANKS,
     VLLM_MAX_LORA_RANK,
@@ -459,11 +460,13 @@ def plan_host(
     model_store: str = DEFAULT_MODEL_STORE,
     synced: Collection[str] = (),
     stored: Collection[str] | None = None,
+    container: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The plan of one host: each instance's command line and checks, and the host's errors.
 
     `synced`: the `name@revision` of the host's model_sync_models; `stored`: what its store holds
-    (parse_store_listing), None when not read."""
+    (parse_store_listing), None when not read. `container`: what a container instance's command
+    line takes from the host's settings besides (`config_dir`, `stop_timeout`, `env_names`)."""
     host_errors = list_errors(instances)
     plans: list[dict[str, Any]] = []
     owners: dict[int, list[str]] = {}
@@ -488,7 +491,7 @@ def plan_host(
         checks += check_port(s, listeners)
         checks += check_adapters(s, models)
         checks += check_store(s, synced, stored, model_store)
-        argv = server_argv(s, instance_root, shutdown_timeout, model_store)
+        argv = server_argv(s, instance_root, shutdown_timeout, model_store, **(container or {}))
         plans.append({"instance": s["name"], "command": shlex.join(argv), "argv": argv, "checks": checks})
     shared = {g: names for g, names in owners.items() if len(names) > 1}
     for gpu, names in sorted(shared.items()):
@@ -538,6 +541,14 @@ TIMINGS = {
     "vllm_server_drain_timeout": 0,
     "vllm_server_drain_interval": 1,
 }
+
+
+def _whole(value: Any) -> int:
+    """A timing setting as seconds where it is a whole number (timing_errors refuses the rest)."""
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return 0
 
 
 def timing_errors(timings: Mapping[str, Any]) -> list[str]:
@@ -610,6 +621,7 @@ def plan_fleet(
                     read[source] = read_model(source)
                 models[f"{model['name']}@{model['revision']}"] = read[source]
         gpus = inputs.get("gpus")
+        timings = inputs.get("timings", {})
         plan = plan_host(
             inputs.get("instances"),
             gpus if gpus is not None else expand_declared_gpus(inputs.get("declared_gpus")),
@@ -620,9 +632,14 @@ def plan_fleet(
             inputs.get("model_store") or DEFAULT_MODEL_STORE,
             synced,
             inputs.get("stored"),
+            {
+                "config_dir": inputs.get("config_dir") or DEFAULT_CONFIG_DIR,
+                "stop_timeout": _whole(inputs["shutdown_timeout"]) + _whole(timings.get("vllm_server_stop_margin")),
+                "env_names": list(inputs.get("environment") or {}),
+            },
         )
         settings = prompt_errors(inputs.get("golden_prompts", {}))
-        settings += timing_errors(inputs.get("timings", {}))
+        settings += timing_errors(timings)
         settings += key_errors(inputs.get("api_key", ""), inputs.get("api_keys", {}))
         settings += reference_errors(inputs.get("golden_prompts"), inputs.get("api_keys"), fleet_instances)
         settings += firewall_errors(

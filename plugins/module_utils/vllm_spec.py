@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from ansible_collections.vllm_fleet.serving.plugins.module_utils.model_sources import (
@@ -50,15 +50,39 @@ INSTANCE_DEFAULTS: dict[str, Any] = {
     "adapters": [],  # LoRA adapters from the model store: [{name, model, revision}], each served by name
     "max_lora_rank": None,  # --max-lora-rank, at least every adapter's rank (None: vLLM's 16)
     "max_loras": None,  # --max-loras, adapters in one batch (None: vLLM's 1)
+    "runtime": "python",  # python: a python_env environment; container: `image`, run by `engine`
+    "engine": "docker",  # container runtime: docker | podman
+    "image": None,  # container runtime (required there): name:tag, name@sha256:<digest>, or both
+    "engine_args": [],  # container runtime: further flags of `<engine> run` (a list of strings)
 }
 # Where model_sync keeps the models (its model_sync_store default): adapters are read from there.
 DEFAULT_MODEL_STORE = "/var/lib/vllm-fleet/models"
+# Where vllm_server keeps each instance's root-only env file (its vllm_server_config_dir default).
+DEFAULT_CONFIG_DIR = "/etc/vllm-fleet"
 # The ranks vLLM 0.32 accepts for --max-lora-rank (vllm/config/lora.py MaxLoRARanks).
 MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 VLLM_MAX_LORA_RANK = 16
 MAX_ADAPTERS = 64
 
 DEVICES = ("cuda", "cpu")
+RUNTIMES = ("python", "container")
+ENGINES = ("docker", "podman")
+# Where an engine's client lives on Debian (docker.io, podman) and Docker's own packages.
+ENGINE_PATHS = {"docker": "/usr/bin/docker", "podman": "/usr/bin/podman"}
+# An image reference as docker and podman take it: a repository (lower case, with an optional
+# registry host[:port] and path), then :tag and/or @sha256:<64 hex>.
+IMAGE_PATTERN = re.compile(
+    r"^(?P<repository>(?:[a-zA-Z0-9.-]+(?::[0-9]+)?/)?[a-z0-9]+(?:[._-]+[a-z0-9]+)*(?:/[a-z0-9]+(?:[._-]+[a-z0-9]+)*)*)"
+    r"(?::(?P<tag>[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}))?(?:@(?P<digest>sha256:[0-9a-f]{64}))?$"
+)
+# `<engine> run` flags the spec owns: the unit's foreground container, its network, IPC, secrets,
+# mounts, GPUs and stop timeout come from the spec; `--env`/`-e` would put values (secrets among
+# them) on the command line.
+OWNED_ENGINE_FLAGS = (
+    "--name", "--rm", "--replace", "--detach", "-d", "--restart", "--network", "--net", "--ipc",
+    "--env", "-e", "--env-file", "--volume", "-v", "--mount", "--gpus", "--device", "--stop-timeout",
+    "--stop-signal", "--entrypoint", "--publish", "-p", "--sig-proxy",
+)  # fmt: skip
 # Allowed values as vLLM 0.32 lists them (`--help=all`, QUANTIZATION_METHODS), the common subset.
 DTYPES = ("auto", "half", "float16", "bfloat16", "float", "float32")
 KV_CACHE_DTYPES = ("auto", "bfloat16", "float16", "fp8", "fp8_e4m3", "fp8_e5m2", "fp8_inc")
@@ -405,6 +429,38 @@ def validate_instance(spec: Any, index: int | None = None) -> list[str]:
         )
     errors += env_errors(label, s["env"])
     errors += _adapter_errors(label, s)
+    errors += _runtime_errors(label, s)
+    return errors
+
+
+def _runtime_errors(label: str, s: Mapping[str, Any]) -> list[str]:
+    """Errors of the runtime settings: python (an environment) or container (engine and image)."""
+    if s["runtime"] not in RUNTIMES:
+        return [f"{label}: 'runtime' must be one of {list(RUNTIMES)}, got {s['runtime']!r}"]
+    if s["runtime"] == "python":
+        given = [key for key in ("image", "engine_args") if s[key]]
+        return [f"{label}: {given} need 'runtime: container'"] if given else []
+    errors = []
+    if s["engine"] not in ENGINES:
+        errors.append(f"{label}: 'engine' must be one of {list(ENGINES)}, got {s['engine']!r}")
+    image = s["image"]
+    if not (isinstance(image, str) and IMAGE_PATTERN.match(image)):
+        errors.append(
+            f"{label}: 'image' is required with 'runtime: container' and must be an image reference "
+            f"(name:tag, name@sha256:<64 hex digits>, or name:tag@sha256:...), got {image!r}"
+        )
+    if s["environment"] is not None:
+        errors.append(f"{label}: 'environment' names a python_env environment; a container's is its 'image'")
+    args = s["engine_args"]
+    if not isinstance(args, list) or not all(isinstance(a, str) and a and _one_line(a) for a in args):
+        return [*errors, f"{label}: 'engine_args' must be a list of one-line strings, got {args!r}"]
+    for position, arg in enumerate(args):
+        flag = arg.split("=", 1)[0]
+        if flag in OWNED_ENGINE_FLAGS:
+            errors.append(
+                f"{label}: engine_args[{position}] {arg!r}: {flag} is set from the spec "
+                f"(owned: {', '.join(OWNED_ENGINE_FLAGS)}); environment variables go into 'env'"
+            )
     return errors
 
 
@@ -451,22 +507,105 @@ def key_errors(api_key: Any, api_keys: Any) -> list[str]:
 
 
 def server_argv(
-    spec: dict[str, Any], instance_root: str, shutdown_timeout: int, model_store: str = DEFAULT_MODEL_STORE
+    spec: dict[str, Any],
+    instance_root: str,
+    shutdown_timeout: int,
+    model_store: str = DEFAULT_MODEL_STORE,
+    *,
+    config_dir: str = DEFAULT_CONFIG_DIR,
+    stop_timeout: int | None = None,
+    env_names: Collection[str] = (),
 ) -> list[str]:
-    """The vLLM API server's argument vector for a valid spec (secrets never appear here).
+    """The instance's argument vector for a valid spec (secrets never appear here).
 
     The server runs what the instance's links point at: <instance_root>/<name>/env (the Python
     environment) and <instance_root>/<name>/model (the model revision); its LoRA adapters are
-    read from the model store.
+    read from the model store. A container instance runs its image in the foreground instead
+    (:func:`container_prefix`), with the same vLLM flags and the same paths, mounted read-only.
     """
     s = with_defaults(spec)
-    python = f"{instance_root}/{s['name']}/env/bin/python"
     model_path = f"{instance_root}/{s['name']}/model"
+    if s["runtime"] == "container":
+        prefix = container_prefix(
+            s, instance_root, model_store, config_dir, stop_timeout or shutdown_timeout, env_names
+        )
+        program = (
+            ["--entrypoint", "python3", s["image"], "-m", CPU_SERVER_MODULE, "--model", model_path]
+            if s["device"] == "cpu"
+            else ["--entrypoint", "vllm", s["image"], "serve", model_path]
+        )
+        return prefix + program + vllm_flags(s, shutdown_timeout, model_store)
+    env_bin = f"{instance_root}/{s['name']}/env/bin"
     if s["device"] == "cpu":
-        argv = [python, "-m", CPU_SERVER_MODULE, "--model", model_path]
+        program = [f"{env_bin}/python", "-m", CPU_SERVER_MODULE, "--model", model_path]
     else:
-        argv = [python.rsplit("/", 1)[0] + "/vllm", "serve", model_path]
-    argv += [
+        program = [f"{env_bin}/vllm", "serve", model_path]
+    return program + vllm_flags(s, shutdown_timeout, model_store)
+
+
+def container_name(spec: Mapping[str, Any]) -> str:
+    """The container of an instance, named like its unit."""
+    return f"vllm-{spec['name']}"
+
+
+def container_remove_argv(spec: Mapping[str, Any]) -> list[str]:
+    """Removes what a killed engine left of the instance's container (before each start)."""
+    s = with_defaults(dict(spec))
+    return [ENGINE_PATHS[s["engine"]], "rm", "--force", container_name(s)]
+
+
+def container_stop_argv(spec: Mapping[str, Any], stop_timeout: int) -> list[str]:
+    """Stops the instance's container: SIGTERM to vLLM, SIGKILL after `stop_timeout` seconds."""
+    s = with_defaults(dict(spec))
+    return [ENGINE_PATHS[s["engine"]], "stop", "--time", str(stop_timeout), container_name(s)]
+
+
+def gpu_flags(spec: Mapping[str, Any]) -> list[str]:
+    """The engine's flags that hand the instance its GPUs: all of the host's when 'gpus' is empty.
+
+    docker's --gpus reads a CSV list, so a list of devices is quoted inside the value; podman takes
+    the NVIDIA Container Toolkit's CDI names, one --device per GPU.
+    """
+    s = with_defaults(dict(spec))
+    if s["device"] != "cuda":
+        return []
+    if s["engine"] == "docker":
+        return ["--gpus", '"device={}"'.format(",".join(map(str, s["gpus"]))) if s["gpus"] else "all"]
+    return [arg for g in s["gpus"] or ["all"] for arg in ("--device", f"nvidia.com/gpu={g}")]
+
+
+def container_prefix(
+    s: Mapping[str, Any],
+    instance_root: str,
+    model_store: str,
+    config_dir: str,
+    stop_timeout: int,
+    env_names: Collection[str],
+) -> list[str]:
+    """`<engine> run` up to the image: a foreground container of the instance's unit.
+
+    The host's network and IPC (vLLM's shared memory between its processes); the secrets from the
+    root-only env file the engine reads itself, the unit's other variables passed by name only;
+    the instance's links and the model store mounted read-only at their host paths, so the vLLM
+    flags are the python runtime's; the engine stops it after `stop_timeout` seconds.
+    """
+    name = container_name(s)
+    argv = [
+        ENGINE_PATHS[s["engine"]], "run", "--rm", "--name", name,
+        "--network", "host", "--ipc", "host",
+        "--stop-timeout", str(stop_timeout),
+        "--env-file", f"{config_dir}/{s['name']}.env",
+    ]  # fmt: skip
+    for env in sorted(env_names):
+        argv += ["--env", env]
+    for path in (f"{instance_root}/{s['name']}", model_store):
+        argv += ["--volume", f"{path}:{path}:ro"]
+    return argv + gpu_flags(s) + list(s["engine_args"])
+
+
+def vllm_flags(s: Mapping[str, Any], shutdown_timeout: int, model_store: str) -> list[str]:
+    """vLLM's serving flags of a spec with its defaults, after the program and its model."""
+    argv = [
         "--served-model-name", *served_names(s),
         "--host", s["host"],
         "--port", str(s["port"]),
@@ -518,7 +657,8 @@ def server_environment(spec: dict[str, Any]) -> dict[str, str]:
     """Non-secret environment of an instance: GPU ownership plus the spec's own variables."""
     s = with_defaults(spec)
     env: dict[str, str] = {}
-    if s["device"] == "cuda" and s["gpus"]:
+    # A container sees only the GPUs its engine hands it (gpu_flags).
+    if s["device"] == "cuda" and s["gpus"] and s["runtime"] == "python":
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in s["gpus"])
     env.update({k: str(v) for k, v in s["env"].items()})
     return env

@@ -147,3 +147,40 @@ def test_an_instance_that_is_not_running_is_started(host) -> None:
     systemd.active.clear()
     plan = h.plan([_want(tmp, "a", "r1")])
     assert plan.pending == ["a"] and not plan.drain and plan.diff == []
+
+
+def _container(name: str, image: str, revision: str = "r1", tmp: Path | None = None) -> Desired:
+    """A container instance: no env link; its image is in its unit's command line."""
+    unit = f"[Unit]\nDescription=vLLM instance {name} serving m (m@{revision})\n[Service]\nExecStart=/usr/bin/podman run {image}\n"
+    return Desired(name, unit, str((tmp or Path("/s")) / "store" / "m" / revision), "", "VLLM_API_KEY=s\n")
+
+
+def test_an_image_change_rolls_back_to_the_previous_image_and_a_second_rollback_does_nothing(host) -> None:
+    h, _systemd, tmp = host
+    h.switch([_container("c", "vllm:1", tmp=tmp)])
+    h.commit(["c"])
+    assert not os.path.lexists(tmp / "instances" / "c" / "env")
+    assert h.plan([_container("c", "vllm:1", tmp=tmp)]).pending == []
+    h.switch([_container("c", "vllm:2", tmp=tmp)])
+    h.commit(["c"])
+    back = h.plan([_container("c", "vllm:2", tmp=tmp)], target="previous")
+    assert back.pending == ["c"] and back.drain
+    h.switch([_container("c", "vllm:2", tmp=tmp)], target="previous")
+    assert "run vllm:1" in (tmp / "units" / "vllm-c.service").read_text()
+    h.commit(["c"], target="previous")
+    assert h.plan([_container("c", "vllm:2", tmp=tmp)], target="previous").pending == []
+
+
+def test_a_python_instance_that_becomes_a_container_loses_its_env_link_and_gets_it_back_on_restore(host) -> None:
+    h, _systemd, tmp = host
+    h.switch([_want(tmp, "a", "r1")])
+    h.commit(["a"])
+    h.switch([_container("a", "vllm:1", tmp=tmp)])
+    assert not os.path.lexists(tmp / "instances" / "a" / "env")
+    h.restore(["a"])
+    assert os.readlink(tmp / "instances" / "a" / "env") == str(tmp / "envs" / "k1")
+    # And the way back from a committed move to a container is the Python environment.
+    h.switch([_container("a", "vllm:1", tmp=tmp)])
+    h.commit(["a"])
+    h.switch([_container("a", "vllm:1", tmp=tmp)], target="previous")
+    assert os.readlink(tmp / "instances" / "a" / "env") == str(tmp / "envs" / "k1")

@@ -264,3 +264,101 @@ def test_store_needs_are_each_model_revision_and_adapter_with_the_file_that_show
 def test_bad_adapters_name_the_setting(change, setting):
     errors = vllm_spec.validate_instance({**BASE, **change})
     assert any(setting in e for e in errors), errors
+
+
+CONTAINER = {**BASE, "runtime": "container", "image": "vllm/vllm-openai:v0.32.0"}
+
+
+def test_a_docker_instance_runs_its_image_in_the_foreground_with_the_same_vllm_flags():
+    spec = {**CONTAINER, "gpus": [0, 1], "tensor_parallel_size": 2}
+    assert vllm_spec.validate_instance(spec) == []
+    argv = vllm_spec.server_argv(
+        spec, "/inst", 20, "/srv/models", config_dir="/etc/vf", stop_timeout=40, env_names=["HF_HUB_OFFLINE"]
+    )
+    assert argv == [
+        "/usr/bin/docker", "run", "--rm", "--name", "vllm-chat",
+        "--network", "host", "--ipc", "host",
+        "--stop-timeout", "40",
+        "--env-file", "/etc/vf/chat.env",
+        "--env", "HF_HUB_OFFLINE",
+        "--volume", "/inst/chat:/inst/chat:ro",
+        "--volume", "/srv/models:/srv/models:ro",
+        "--gpus", '"device=0,1"',
+        "--entrypoint", "vllm", "vllm/vllm-openai:v0.32.0", "serve", "/inst/chat/model",
+        "--served-model-name", "llama-3-8b",
+        "--host", "0.0.0.0",
+        "--port", "8000",
+        "--shutdown-timeout", "20",
+        "--tensor-parallel-size", "2",
+    ]  # fmt: skip
+    # The GPUs are the engine's business: inside, the container sees exactly those.
+    assert vllm_spec.server_environment(spec) == {}
+    assert vllm_spec.server_environment({**spec, "runtime": "python", "image": None}) == {
+        "CUDA_VISIBLE_DEVICES": "0,1"
+    }
+
+
+def test_podman_hands_gpus_by_cdi_name_and_cpu_instances_run_the_module_entrypoint():
+    podman = {**CONTAINER, "engine": "podman", "gpus": [2, 3]}
+    argv = vllm_spec.server_argv(podman, "/inst", 20)
+    assert argv[0] == "/usr/bin/podman"
+    assert argv[argv.index("--env-file") + 1] == "/etc/vllm-fleet/chat.env"
+    assert argv[argv.index("--stop-timeout") + 1] == "20"  # no stop timeout given: vLLM's own
+    at = argv.index("--entrypoint")
+    assert argv[at - 4 : at] == ["--device", "nvidia.com/gpu=2", "--device", "nvidia.com/gpu=3"]
+    assert vllm_spec.gpu_flags({**podman, "gpus": []}) == ["--device", "nvidia.com/gpu=all"]
+    assert vllm_spec.gpu_flags({**CONTAINER, "engine": "docker", "gpus": []}) == ["--gpus", "all"]
+    cpu = {**CONTAINER, "engine": "podman", "device": "cpu", "engine_args": ["--cgroups=disabled"]}
+    argv = vllm_spec.server_argv(cpu, "/inst", 20)
+    at = argv.index("--entrypoint")
+    assert argv[at - 1] == "--cgroups=disabled"  # the spec's engine flags, last before the image
+    assert argv[at : at + 7] == [
+        "--entrypoint", "python3", CONTAINER["image"], "-m", vllm_spec.CPU_SERVER_MODULE,
+        "--model", "/inst/chat/model",
+    ]  # fmt: skip
+    assert not any(a.startswith("nvidia.com/gpu") or a == "--gpus" for a in argv)
+    assert vllm_spec.container_stop_argv(cpu, 40) == ["/usr/bin/podman", "stop", "--time", "40", "vllm-chat"]
+    assert vllm_spec.container_remove_argv(cpu) == ["/usr/bin/podman", "rm", "--force", "vllm-chat"]
+
+
+def test_the_container_flags_and_the_python_flags_agree_after_the_program():
+    python = vllm_spec.server_argv({**BASE, "adapters": [{"name": "fr", "model": "fr", "revision": "r1"}]}, "/inst", 20)
+    container = vllm_spec.server_argv(
+        {**CONTAINER, "adapters": [{"name": "fr", "model": "fr", "revision": "r1"}]}, "/inst", 20
+    )
+    assert container[-len(python) + 2 :] == python[2:]
+
+
+@pytest.mark.parametrize(
+    "change, fragment",
+    [
+        ({"runtime": "docker"}, "'runtime' must be one of ['python', 'container']"),
+        ({"runtime": "container"}, "'image' is required with 'runtime: container'"),
+        ({"runtime": "container", "image": "Vllm:Latest"}, "must be an image reference"),
+        ({"runtime": "container", "image": "vllm@sha256:abc"}, "must be an image reference"),
+        ({**CONTAINER, "engine": "containerd"}, "'engine' must be one of ['docker', 'podman']"),
+        ({**CONTAINER, "engine_args": ["-e", "HF_TOKEN=x"]}, "engine_args[0] '-e': -e is set from the spec"),
+        ({**CONTAINER, "engine_args": ["--env=HF_TOKEN=x"]}, "--env is set from the spec"),
+        ({**CONTAINER, "engine_args": ["--gpus=all"]}, "--gpus is set from the spec"),
+        ({**CONTAINER, "engine_args": "--privileged"}, "'engine_args' must be a list of one-line strings"),
+        ({**CONTAINER, "environment": "vllm-new"}, "a container's is its 'image'"),
+        ({"image": "vllm:1"}, "['image'] need 'runtime: container'"),
+    ],
+)
+def test_runtime_errors_name_the_setting(change, fragment):
+    errors = vllm_spec.validate_instance({**BASE, **change})
+    assert any(fragment in e for e in errors), errors
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        "vllm/vllm-openai:v0.32.0",
+        "registry.example:5000/team/vllm-cpu:0.32.0",
+        "localhost/vllm-fleet-cpu@sha256:" + "a" * 64,
+        "vllm/vllm-openai:latest@sha256:" + "0f" * 32,
+        "vllm",
+    ],
+)
+def test_image_references_as_engines_take_them(image):
+    assert vllm_spec.validate_instance({**CONTAINER, "image": image}) == []
