@@ -634,7 +634,8 @@ def plan_fleet(
             inputs.get("stored"),
             {
                 "config_dir": inputs.get("config_dir") or DEFAULT_CONFIG_DIR,
-                "stop_timeout": _whole(inputs["shutdown_timeout"]) + _whole(timings.get("vllm_server_stop_margin")),
+                "stop_timeout": _whole(inputs["shutdown_timeout"])
+                + _whole(timings.get("vllm_server_stop_margin")),
                 "env_names": list(inputs.get("environment") or {}),
             },
         )

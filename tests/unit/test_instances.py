@@ -151,7 +151,10 @@ def test_an_instance_that_is_not_running_is_started(host) -> None:
 
 def _container(name: str, image: str, revision: str = "r1", tmp: Path | None = None) -> Desired:
     """A container instance: no env link; its image is in its unit's command line."""
-    unit = f"[Unit]\nDescription=vLLM instance {name} serving m (m@{revision})\n[Service]\nExecStart=/usr/bin/podman run {image}\n"
+    unit = (
+        f"[Unit]\nDescription=vLLM instance {name} serving m (m@{revision})\n"
+        f"[Service]\nExecStart=/usr/bin/podman run {image}\n"
+    )
     return Desired(name, unit, str((tmp or Path("/s")) / "store" / "m" / revision), "", "VLLM_API_KEY=s\n")
 
 
@@ -171,7 +174,7 @@ def test_an_image_change_rolls_back_to_the_previous_image_and_a_second_rollback_
     assert h.plan([_container("c", "vllm:2", tmp=tmp)], target="previous").pending == []
 
 
-def test_a_python_instance_that_becomes_a_container_loses_its_env_link_and_gets_it_back_on_restore(host) -> None:
+def test_a_python_instance_turned_container_loses_its_env_link_and_gets_it_back(host) -> None:
     h, _systemd, tmp = host
     h.switch([_want(tmp, "a", "r1")])
     h.commit(["a"])

@@ -322,10 +322,9 @@ def test_podman_hands_gpus_by_cdi_name_and_cpu_instances_run_the_module_entrypoi
 
 
 def test_the_container_flags_and_the_python_flags_agree_after_the_program():
-    python = vllm_spec.server_argv({**BASE, "adapters": [{"name": "fr", "model": "fr", "revision": "r1"}]}, "/inst", 20)
-    container = vllm_spec.server_argv(
-        {**CONTAINER, "adapters": [{"name": "fr", "model": "fr", "revision": "r1"}]}, "/inst", 20
-    )
+    adapters = [{"name": "fr", "model": "fr", "revision": "r1"}]
+    python = vllm_spec.server_argv({**BASE, "adapters": adapters}, "/inst", 20)
+    container = vllm_spec.server_argv({**CONTAINER, "adapters": adapters}, "/inst", 20)
     assert container[-len(python) + 2 :] == python[2:]
 
 
