@@ -9,6 +9,7 @@ from ansible.plugins.action import ActionBase
 from ansible_collections.vllm_fleet.serving.plugins.module_utils.preflight import (
     TIMINGS,
     instance_names,
+    parse_containers,
     parse_listeners,
     parse_store_listing,
     plan_fleet,
@@ -82,7 +83,11 @@ class ActionModule(ActionBase):
             else:
                 # Read on each host by tasks/facts.yml just before.
                 host_inputs["gpus"] = view["vllm_fleet_gpus"]
-                host_inputs["listeners"] = parse_listeners(view["__vllm_server_listeners"]["stdout"])
+                containers = view.get("__vllm_server_containers", {}).get("results", [])
+                host_inputs["listeners"] = parse_listeners(
+                    view["__vllm_server_listeners"]["stdout"],
+                    {k: v for r in containers for k, v in parse_containers(r.get("stdout", "")).items()},
+                )
                 stored = view["__vllm_server_stored"]
                 host_inputs["stored"] = parse_store_listing(stored["rc"], stored["stdout"], stored["stderr"])
             inputs[host] = host_inputs

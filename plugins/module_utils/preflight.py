@@ -18,6 +18,7 @@ Each check ends as `pass`, `fail` or `not checked` (its input is missing: it nev
 from __future__ import annotations
 
 import json
+import re
 import shlex
 from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
@@ -660,10 +661,16 @@ def plan_fleet(
     return plans
 
 
-def parse_listeners(ss_output: str) -> list[dict[str, Any]]:
+# The cgroup scope a container engine gives a container: docker-<id>.scope, libpod-<id>.scope.
+CONTAINER_SCOPE = re.compile(r"^(?:docker|libpod)-(?P<id>[0-9a-f]{64})\.scope$")
+
+
+def parse_listeners(ss_output: str, containers: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
     """TCP listeners from `ss -Hltne`: the port and the systemd unit whose cgroup holds it.
 
-    The cgroup names the owner even where `ss -p` cannot (vLLM's sockets show no process).
+    The cgroup names the owner even where `ss -p` cannot (vLLM's sockets show no process). A
+    listener in a container's scope belongs to the unit of that container's instance: `containers`
+    maps the engines' container IDs to names (`<engine> ps --no-trunc`), vllm-<name> to its unit.
     """
     listeners = []
     for line in ss_output.splitlines():
@@ -673,5 +680,18 @@ def parse_listeners(ss_output: str) -> list[dict[str, Any]]:
         cgroup = next((f.split(":", 1)[1] for f in fields if f.startswith("cgroup:")), "")
         leaf = cgroup.rstrip("/").rsplit("/", 1)[-1]
         unit = leaf if leaf.endswith(".service") else None
+        scope = CONTAINER_SCOPE.match(leaf)
+        if scope and (containers or {}).get(scope.group("id"), "").startswith("vllm-"):
+            unit = f"{(containers or {})[scope.group('id')]}.service"
         listeners.append({"port": int(fields[3].rsplit(":", 1)[-1]), "unit": unit})
     return listeners
+
+
+def parse_containers(stdout: str) -> dict[str, str]:
+    """Container IDs to names from `<engine> ps --no-trunc --format '{{.ID}} {{.Names}}'` lines."""
+    found = {}
+    for line in stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 2:
+            found[parts[0]] = parts[1]
+    return found

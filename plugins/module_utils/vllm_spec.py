@@ -543,6 +543,11 @@ def server_argv(
     return program + vllm_flags(s, shutdown_timeout, model_store)
 
 
+def engine_path(engine: str) -> str:
+    """The client of a container engine on the host."""
+    return ENGINE_PATHS[engine]
+
+
 def container_name(spec: Mapping[str, Any]) -> str:
     """The container of an instance, named like its unit."""
     return f"vllm-{spec['name']}"

@@ -482,3 +482,19 @@ def test_a_revision_neither_synced_nor_stored_is_refused_before_any_change():
     assert statuses(plans["offline"])["max_model_len"] == "not checked"
     # What model_sync brings in the same run needs no store.
     assert plans["synced"]["ok"] and "store" not in statuses(plans["synced"])
+
+
+def test_a_listener_in_a_containers_scope_belongs_to_its_instances_unit():
+    container_id = "a" * 64
+    ss = (
+        "LISTEN 0 4096 0.0.0.0:8000 0.0.0.0:* ino:1 sk:1 "
+        f"cgroup:/system.slice/docker-{container_id}.scope <->\n"
+        "LISTEN 0 4096 0.0.0.0:9000 0.0.0.0:* ino:2 sk:2 "
+        f"cgroup:/system.slice/docker-{'b' * 64}.scope <->\n"
+    )
+    containers = preflight.parse_containers(f"{container_id} vllm-chat\n{'b' * 64} someone-else\n")
+    listeners = preflight.parse_listeners(ss, containers)
+    assert listeners == [{"port": 8000, "unit": "vllm-chat.service"}, {"port": 9000, "unit": None}]
+    spec = {"name": "chat", "model": "m", "revision": "r", "port": 8000}
+    assert preflight.check_port(spec, listeners)[0]["status"] == preflight.PASS
+    assert preflight.check_port({**spec, "name": "other"}, listeners)[0]["status"] == preflight.FAIL
