@@ -20,6 +20,17 @@ def load_from_metrics(text: str) -> dict[str, float | None]:
     return sums
 
 
+def running_image(exec_start: str) -> str | None:
+    """The image a container instance's unit runs, from systemd's ExecStart property.
+
+    systemd shows it as ``{ path=... ; argv[]=<engine> run ... --entrypoint <program> <image> ... }``.
+    """
+    words = exec_start.split("argv[]=", 1)[-1].split(" ; ", 1)[0].split()
+    if "--entrypoint" in words[:-2]:
+        return words[words.index("--entrypoint") + 2]
+    return None
+
+
 def status_rows(
     specs: list[dict[str, Any]],
     units: list[dict[str, Any]],
@@ -28,7 +39,8 @@ def status_rows(
 ) -> list[dict[str, Any]]:
     """One row per instance from the registered results of tasks/status.yml.
 
-    units and metrics hold one result per spec; links two per spec (model, then env).
+    units and metrics hold one result per spec; links two per spec (model, then env). A container
+    instance's environment is the image its unit runs.
     """
     rows = []
     for i, spec in enumerate(specs):
@@ -36,6 +48,8 @@ def status_rows(
         reply = metrics[i]
         load = load_from_metrics(reply.get("content") or "")
         model, env = (links[2 * i + k].get("stat", {}).get("lnk_target") for k in (0, 1))
+        if spec.get("runtime") == "container":
+            env = running_image(unit.get("ExecStart", "")) or spec.get("image")
         rows.append(
             {
                 "instance": spec["name"],

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import re
 import sys
 from pathlib import Path
 from typing import Any
 
-from vllm_fleet import wheelhouse
+from vllm_fleet import images, wheelhouse
 from vllm_fleet.extras import MissingExtraError
 from vllm_fleet.paths import CollectionNotFoundError, cache_dir, project_dir
 from vllm_fleet.progress import summary_table
@@ -232,6 +233,32 @@ def cmd_wheelhouse(args: argparse.Namespace) -> int:
     return wheelhouse.run(args)
 
 
+def cmd_image(args: argparse.Namespace) -> int:
+    """Build (or reuse) a container image of the wheelhouse's vLLM and save it as an archive.
+
+    Offline, with no registry: a debootstrap'd Debian base (needs debootstrap, and the Docker
+    engine on this controller), vLLM installed from the wheelhouse. Prints the image's name and the
+    archive to list in vllm_server_container_images ({image, archive}).
+    """
+    logging.basicConfig(level=logging.INFO, format="[image] %(message)s", stream=sys.stderr)
+    source = (
+        Path(args.wheelhouse)
+        if args.wheelhouse
+        else cache_dir() / "wheelhouses" / (f"{wheelhouse.DEFAULT_PACKAGE}-{wheelhouse.DEFAULT_VERSION}")
+    )
+    if not wheelhouse.is_complete(source):
+        print(f"vllm-fleet image: no complete wheelhouse at {source}: run vllm-fleet build", file=sys.stderr)
+        return EXIT_SETUP
+    try:
+        image, archive = images.build_image(source, cache_dir(), args.tag)
+    except images.ImageBuildError as err:
+        print(f"vllm-fleet image: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"image: {image}")
+    print(f"archive: {archive}")
+    return EXIT_OK
+
+
 def ask(endpoint: str, api_key: str, model: str, question: str) -> str:
     """One chat completion at temperature 0, through the official OpenAI client."""
     from openai import OpenAI
@@ -360,6 +387,16 @@ def build_parser() -> argparse.ArgumentParser:
         description=cmd_build.__doc__,
     )
     build.set_defaults(func=cmd_build)
+    image = sub.add_parser(
+        "image",
+        help="build (or reuse) a container image of vLLM from the wheelhouse, saved as an archive for hosts",
+        description=cmd_image.__doc__,
+    )
+    image.add_argument("--wheelhouse", help="the wheelhouse (default: the CPU build's in the cache)")
+    image.add_argument(
+        "--tag", action="append", default=[], metavar="NAME:TAG", help="a further name (repeatable)"
+    )
+    image.set_defaults(func=cmd_image)
     wheels = sub.add_parser(
         "wheelhouse",
         help="build (or reuse) an offline wheelhouse of a pinned vLLM for python_env_wheelhouse",
