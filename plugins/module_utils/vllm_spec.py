@@ -81,7 +81,7 @@ IMAGE_PATTERN = re.compile(
 OWNED_ENGINE_FLAGS = (
     "--name", "--rm", "--replace", "--detach", "-d", "--restart", "--network", "--net", "--ipc",
     "--env", "-e", "--env-file", "--volume", "-v", "--mount", "--gpus", "--device", "--stop-timeout",
-    "--stop-signal", "--entrypoint", "--publish", "-p", "--sig-proxy",
+    "--stop-signal", "--entrypoint", "--publish", "-p", "--sig-proxy", "--log-driver",
 )  # fmt: skip
 # Allowed values as vLLM 0.32 lists them (`--help=all`, QUANTIZATION_METHODS), the common subset.
 DTYPES = ("auto", "half", "float16", "bfloat16", "float", "float32")
@@ -605,6 +605,9 @@ def container_prefix(
         argv += ["--env", env]
     for path in (f"{instance_root}/{s['name']}", model_store):
         argv += ["--volume", f"{path}:{path}:ro"]
+    if s["engine"] == "podman":
+        # The unit's journal gets vLLM's output from podman's own; conmon's copy would double it.
+        argv += ["--log-driver", "passthrough"]
     return argv + gpu_flags(s) + list(s["engine_args"])
 
 

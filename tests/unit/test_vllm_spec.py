@@ -305,7 +305,9 @@ def test_podman_hands_gpus_by_cdi_name_and_cpu_instances_run_the_module_entrypoi
     assert argv[argv.index("--env-file") + 1] == "/etc/vllm-fleet/chat.env"
     assert argv[argv.index("--stop-timeout") + 1] == "20"  # no stop timeout given: vLLM's own
     at = argv.index("--entrypoint")
-    assert argv[at - 4 : at] == ["--device", "nvidia.com/gpu=2", "--device", "nvidia.com/gpu=3"]
+    assert argv[at - 6 : at] == [
+        "--log-driver", "passthrough", "--device", "nvidia.com/gpu=2", "--device", "nvidia.com/gpu=3",
+    ]  # fmt: skip
     assert vllm_spec.gpu_flags({**podman, "gpus": []}) == ["--device", "nvidia.com/gpu=all"]
     assert vllm_spec.gpu_flags({**CONTAINER, "engine": "docker", "gpus": []}) == ["--gpus", "all"]
     cpu = {**CONTAINER, "engine": "podman", "device": "cpu", "engine_args": ["--cgroups=disabled"]}

