@@ -193,6 +193,19 @@ def test_cuda_toolkit_refuses_a_version_debian_does_not_package(host, run_playbo
     assert "Debian 12 packages CUDA 11.8 only" in output, output[-3000:]
 
 
+def test_container_toolkit_refuses_a_host_whose_driver_sees_no_gpu(host, run_playbook):
+    engines = json.dumps({"nvidia_container_toolkit_engines": ["podman"]})
+    playbook = "molecule/gpu_driver/container-toolkit.yml"
+    rc, output, _seconds = run_playbook(playbook, None, "-e", engines, flat=True)
+    assert rc != 0, output[-3000:]
+    assert "the NVIDIA driver sees no GPU" in output, output[-3000:]
+    assert "the container toolkit needs a working driver: run the nvidia_driver" in output, output[-3000:]
+    # Stopped before any change: no repository, no package, no CDI spec.
+    assert not host.file("/etc/apt/sources.list.d/nvidia-container-toolkit.sources").exists
+    assert not host.package("nvidia-container-toolkit").is_installed
+    assert not host.file("/etc/cdi/nvidia.yaml").exists
+
+
 def test_cuda_toolkit_profile_script(host, run_playbook):
     # NVIDIA's repository is out of reach here: the settings and the profile script only.
     rc, output, _seconds = run_playbook(
