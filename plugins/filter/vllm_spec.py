@@ -8,6 +8,7 @@ from ansible_collections.vllm_fleet.serving.plugins.module_utils.status import s
 from ansible_collections.vllm_fleet.serving.plugins.module_utils.vllm_spec import (
     container_remove_argv,
     container_stop_argv,
+    engine_gpu_errors,
     engine_path,
     served_names,
     server_argv,
@@ -31,6 +32,7 @@ class FilterModule:
             "vllm_container_remove_argv": container_remove_argv,
             "vllm_container_stop_argv": container_stop_argv,
             "vllm_engine_path": engine_path,
+            "vllm_engine_gpu_errors": engine_gpu_errors,
             "vllm_server_env": server_environment,
             "vllm_store_needs": store_needs,
             "systemd_quote": systemd_quote,

@@ -579,6 +579,37 @@ def gpu_flags(spec: Mapping[str, Any]) -> list[str]:
     return [arg for g in s["gpus"] or ["all"] for arg in ("--device", f"nvidia.com/gpu={g}")]
 
 
+def engine_gpu_errors(
+    specs: list[dict[str, Any]], cdi_devices: Collection[str] | None, docker_runtimes: Collection[str] | None
+) -> list[str]:
+    """Container instances on GPUs the engine cannot hand them: each names what it lacks.
+
+    cdi_devices: the names `nvidia-ctk cdi list` prints (podman), None where it could not run;
+    docker_runtimes: the runtimes `docker info` lists, None where it could not run.
+    """
+    errors = []
+    for spec in map(with_defaults, specs):
+        if spec["runtime"] != "container" or spec["device"] != "cuda":
+            continue
+        label = f"instance {spec['name']}"
+        if spec["engine"] == "docker" and "nvidia" not in (docker_runtimes or ()):
+            errors.append(
+                f"{label}: docker has no 'nvidia' runtime (its runtimes: {sorted(docker_runtimes or [])}), "
+                "so --gpus cannot hand it GPUs; run the nvidia_container_toolkit role "
+                "(vllm_fleet_container_toolkit)"
+            )
+        if spec["engine"] == "podman":
+            wanted = [f"nvidia.com/gpu={g}" for g in spec["gpus"] or ["all"]]
+            missing = [name for name in wanted if name not in (cdi_devices or ())]
+            if missing:
+                errors.append(
+                    f"{label}: the host's CDI spec does not offer {missing} (nvidia-ctk cdi list: "
+                    f"{sorted(cdi_devices or [])}); run the nvidia_container_toolkit role with podman "
+                    "in nvidia_container_toolkit_engines, or fix the instance's 'gpus'"
+                )
+    return errors
+
+
 def container_prefix(
     s: Mapping[str, Any],
     instance_root: str,

@@ -363,3 +363,18 @@ def test_runtime_errors_name_the_setting(change, fragment):
 )
 def test_image_references_as_engines_take_them(image):
     assert vllm_spec.validate_instance({**CONTAINER, "image": image}) == []
+
+
+def test_gpu_containers_need_the_engines_way_to_their_gpus():
+    docker = {**CONTAINER, "gpus": [0]}
+    podman = {**CONTAINER, "name": "p", "engine": "podman", "gpus": [0, 1]}
+    cpu = {**CONTAINER, "name": "c", "engine": "podman", "device": "cpu"}
+    offered = ["nvidia.com/gpu=0", "nvidia.com/gpu=1", "nvidia.com/gpu=all"]
+    runtimes = ["io.containerd.runc.v2", "nvidia", "runc"]
+    assert vllm_spec.engine_gpu_errors([docker, podman, cpu], offered, runtimes) == []
+    errors = vllm_spec.engine_gpu_errors([docker, podman, cpu], ["nvidia.com/gpu=0"], ["runc"])
+    assert len(errors) == 2, errors
+    assert errors[0].startswith("instance chat: docker has no 'nvidia' runtime (its runtimes: ['runc'])")
+    assert "instance p: the host's CDI spec does not offer ['nvidia.com/gpu=1']" in errors[1]
+    # Where the tools could not run (no toolkit at all), the same errors.
+    assert len(vllm_spec.engine_gpu_errors([docker, podman], None, None)) == 2
