@@ -39,7 +39,10 @@ NEEDS = {
 TIMEOUT = 2400
 # Scenarios without Molecule's idempotence step (molecule.yml says why), and the test of their
 # verify that converges again and asserts changed=0 on every host.
-OWN_IDEMPOTENCE = {"fleet": "test_a_second_converge_changes_nothing"}
+OWN_IDEMPOTENCE = {
+    "fleet": "test_a_second_converge_changes_nothing",
+    "container": "test_rollback_returns_to_the_first_image_and_the_inventory_then_changes_nothing",
+}
 
 
 @dataclass
