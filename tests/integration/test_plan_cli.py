@@ -44,6 +44,13 @@ def test_offline_plan_prints_every_command():
     small = hosts["gpu-b01.example.internal"]["instances"]
     assert [i["instance"] for i in small] == ["llama8b-a", "llama8b-b"]
     assert all("--tensor-parallel-size 4" in i["command"] for i in small)
+    # llama8b-b from vLLM's image: the same flags after `docker run ... IMAGE serve MODEL`.
+    container = small[1]["command"]
+    assert container.startswith("/usr/bin/docker run --rm --name vllm-llama8b-b --network host --ipc host")
+    assert "--gpus '\"device=4,5,6,7\"' --entrypoint vllm vllm/vllm-openai:v0.32.0 serve" in container
+    python_flags = small[0]["command"].split(" serve ", 1)[1]
+    expected = python_flags.replace("llama8b-a", "llama8b-b").replace("--port 8000", "--port 8001")
+    assert container.split(" serve ", 1)[1] == expected
     checks = {c["check"]: c["status"] for c in big[0]["checks"]}
     assert checks["gpus_present"] == "pass"  # from the declared 8 x H100
     assert checks["port_free"] == "not checked"  # offline: never a pass

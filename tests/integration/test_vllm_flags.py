@@ -56,3 +56,15 @@ def test_vllm_parses_every_spec_field(vllm_parser) -> None:
         "LoRAModulePath(name='chat-8b-sql', path='/var/lib/vllm-fleet/models/llama-3-8b-sql-lora/r3'",
         "LoRAModulePath(name='org/Chat-8B:fr', path='/var/lib/vllm-fleet/models/llama-3-8b-fr-lora/r1'",
     ]
+
+
+@pytest.mark.integration
+def test_vllm_parses_a_container_instances_flags(vllm_parser) -> None:
+    spec = {**EVERY_FIELD, "runtime": "container", "engine": "podman", "image": "localhost/vllm-cpu:1"}
+    argv = vllm_spec.server_argv(spec, "/inst", 20)
+    after_image = argv[argv.index("localhost/vllm-cpu:1") + 1 :]
+    assert after_image[:2] == ["-m", vllm_spec.CPU_SERVER_MODULE]
+    answer = vllm_parser({"argv": after_image[2:]})
+    assert answer["ok"], answer["error"]
+    assert answer["args"]["model"] == "/inst/chat/model"
+    assert answer["args"]["tensor_parallel_size"] == 2
