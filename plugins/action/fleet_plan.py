@@ -19,6 +19,7 @@ from ansible_collections.vllm_fleet.serving.plugins.module_utils.preflight impor
 # task passes them (`defaults`) for the hosts whose inventory does not set them.
 HOST_INPUTS = {
     "instances": "vllm_server_instances",
+    "instance_defaults": "vllm_server_instance_defaults",
     "declared_gpus": "vllm_server_declared_gpus",
     "models": "model_sync_models",
     "instance_root": "vllm_server_instance_dir",

@@ -17,6 +17,7 @@ from ansible_collections.vllm_fleet.serving.plugins.module_utils.vllm_spec impor
     systemd_quote,
     validate_instances,
     with_defaults,
+    with_host_defaults,
 )
 
 
@@ -26,6 +27,7 @@ class FilterModule:
     def filters(self) -> dict[str, Any]:
         return {
             "vllm_instance": with_defaults,
+            "vllm_host_defaults": with_host_defaults,
             "vllm_instances_errors": validate_instances,
             "vllm_served_names": served_names,
             "vllm_server_argv": server_argv,

@@ -32,12 +32,14 @@ from ansible_collections.vllm_fleet.serving.plugins.module_utils.vllm_spec impor
     DEFAULT_MODEL_STORE,
     MAX_LORA_RANKS,
     VLLM_MAX_LORA_RANK,
+    host_default_errors,
     key_errors,
     list_errors,
     server_argv,
     store_needs,
     validate_instance,
     with_defaults,
+    with_host_defaults,
 )
 
 PASS = "pass"
@@ -623,8 +625,9 @@ def plan_fleet(
                 models[f"{model['name']}@{model['revision']}"] = read[source]
         gpus = inputs.get("gpus")
         timings = inputs.get("timings", {})
+        defaults = inputs.get("instance_defaults") or {}
         plan = plan_host(
-            inputs.get("instances"),
+            with_host_defaults(inputs.get("instances"), defaults),
             gpus if gpus is not None else expand_declared_gpus(inputs.get("declared_gpus")),
             models,
             inputs.get("listeners"),
@@ -640,7 +643,8 @@ def plan_fleet(
                 "env_names": list(inputs.get("environment") or {}),
             },
         )
-        settings = prompt_errors(inputs.get("golden_prompts", {}))
+        settings = host_default_errors(defaults)
+        settings += prompt_errors(inputs.get("golden_prompts", {}))
         settings += timing_errors(timings)
         settings += key_errors(inputs.get("api_key", ""), inputs.get("api_keys", {}))
         settings += reference_errors(inputs.get("golden_prompts"), inputs.get("api_keys"), fleet_instances)

@@ -142,6 +142,33 @@ API_KEY_PATTERN = re.compile(r"^[A-Za-z0-9._~+/=-]+$")
 CPU_SERVER_MODULE = "vllm.entrypoints.openai.api_server"
 
 
+# Spec settings a host (or group) may give all its instances at once (vllm_server_instance_defaults):
+# how they run. A spec's own value wins.
+HOST_DEFAULT_KEYS = ("runtime", "engine", "image", "engine_args")
+
+
+def host_default_errors(defaults: Any) -> list[str]:
+    """Errors of vllm_server_instance_defaults on its own (the values are checked in each spec)."""
+    if not isinstance(defaults, Mapping):
+        return [f"vllm_server_instance_defaults must be a mapping, got {type(defaults).__name__}"]
+    unknown = sorted(set(defaults) - set(HOST_DEFAULT_KEYS))
+    if unknown:
+        allowed = list(HOST_DEFAULT_KEYS)
+        return [f"vllm_server_instance_defaults: unknown setting(s) {unknown}; allowed: {allowed}"]
+    return []
+
+
+def with_host_defaults(specs: Any, defaults: Any) -> Any:
+    """The host's instance specs, each with vllm_server_instance_defaults under its own settings.
+
+    Anything that is not a list of mappings (or defaults that are not a mapping) is returned as it
+    is, for the validation to name.
+    """
+    if not isinstance(specs, list) or host_default_errors(defaults) or not defaults:
+        return specs
+    return [{**defaults, **spec} if isinstance(spec, Mapping) else spec for spec in specs]
+
+
 def with_defaults(spec: dict[str, Any]) -> dict[str, Any]:
     """The spec with every missing key set to its default (the served name to the model)."""
     full = dict(INSTANCE_DEFAULTS)

@@ -80,7 +80,7 @@ def main() -> None:
         supports_check_mode=True,
     )
     params = module.params
-    engine = Engine(params["engine"], lambda argv: module.run_command(argv))
+    engine = Engine(params["engine"], module.run_command)
     try:
         wanted = normal_id(params["id"])
         present = engine.image_id(params["image"]) == wanted

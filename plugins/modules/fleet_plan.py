@@ -12,10 +12,13 @@ version_added: "0.1.0"
 description:
   - The preflight planner of the C(vllm_server) role as one computation for the whole fleet; an
     action plugin, it runs on the controller and contacts no host. Run it once (C(run_once)).
-  - For each host it reads that host's C(vllm_server_instances), C(model_sync_models),
-    C(vllm_server_golden_prompts), C(vllm_server_declared_gpus), C(vllm_server_instance_dir) and
-    C(vllm_server_shutdown_timeout) (falling back to O(defaults)), and unless O(offline) the
-    C(vllm_fleet_gpus) fact and the listeners that the role's C(facts.yml) read on the host.
+  - For each host it reads that host's C(vllm_server_instances) (with its
+    C(vllm_server_instance_defaults) under each), C(model_sync_models),
+    C(vllm_server_golden_prompts), C(vllm_server_declared_gpus), C(vllm_server_instance_dir),
+    C(vllm_server_shutdown_timeout), and what a container instance's command line takes
+    (C(vllm_server_config_dir), C(vllm_server_environment), C(vllm_server_stop_margin)), falling
+    back to O(defaults), and unless O(offline) the C(vllm_fleet_gpus) fact and the listeners (and
+    the engines' containers) that the role's C(facts.yml) read on the host.
   - It checks C(vllm_server_api_key) and C(vllm_server_api_keys) from the host's variables (unset
     they are empty) and returns no key; the keys never travel as task arguments.
   - Each model directory is read once for the whole fleet (config.json and weight sizes).

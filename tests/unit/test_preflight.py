@@ -498,3 +498,19 @@ def test_a_listener_in_a_containers_scope_belongs_to_its_instances_unit():
     spec = {"name": "chat", "model": "m", "revision": "r", "port": 8000}
     assert preflight.check_port(spec, listeners)[0]["status"] == preflight.PASS
     assert preflight.check_port({**spec, "name": "other"}, listeners)[0]["status"] == preflight.FAIL
+
+
+def test_the_plan_applies_a_hosts_instance_defaults_and_refuses_unknown_ones():
+    base = {
+        "instances": [{"name": "chat", "model": "m", "revision": "r", "port": 8000}],
+        "instance_root": "/inst",
+        "shutdown_timeout": 20,
+    }
+    container = {**base, "instance_defaults": {"runtime": "container", "image": "vllm/vllm-openai:v0.32.0"}}
+    plans = preflight.plan_fleet({"h": container}, read_model=lambda _source: {})
+    assert plans["h"]["instances"][0]["command"].startswith("/usr/bin/docker run --rm --name vllm-chat")
+    bad = {**base, "instance_defaults": {"port": 9000}}
+    plans = preflight.plan_fleet({"h": bad}, read_model=lambda _source: {})
+    assert not plans["h"]["ok"]
+    unknown = "vllm_server_instance_defaults: unknown setting(s) ['port']"
+    assert any(unknown in failure for failure in plans["h"]["failures"])

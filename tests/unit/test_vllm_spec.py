@@ -378,3 +378,18 @@ def test_gpu_containers_need_the_engines_way_to_their_gpus():
     assert "instance p: the host's CDI spec does not offer ['nvidia.com/gpu=1']" in errors[1]
     # Where the tools could not run (no toolkit at all), the same errors.
     assert len(vllm_spec.engine_gpu_errors([docker, podman], None, None)) == 2
+
+
+def test_a_hosts_instance_defaults_sit_under_each_spec():
+    defaults = {"runtime": "container", "engine": "podman", "image": "localhost/vllm:1"}
+    specs = [BASE, {**BASE, "name": "own", "port": 8001, "runtime": "python"}]
+    merged = vllm_spec.with_host_defaults(specs, defaults)
+    assert merged[0]["runtime"] == "container" and merged[0]["image"] == "localhost/vllm:1"
+    assert merged[1]["runtime"] == "python"  # the spec's own value wins
+    assert vllm_spec.validate_instance(merged[0]) == []
+    assert vllm_spec.with_host_defaults(specs, {}) == specs
+    assert vllm_spec.host_default_errors({"runtime": "container", "port": 1}) == [
+        "vllm_server_instance_defaults: unknown setting(s) ['port']; allowed: "
+        "['runtime', 'engine', 'image', 'engine_args']"
+    ]
+    assert vllm_spec.host_default_errors([]) == ["vllm_server_instance_defaults must be a mapping, got list"]
