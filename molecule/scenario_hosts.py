@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shlex
 import socket
 import subprocess
@@ -63,3 +64,9 @@ def tunnel(host: str, port: int, config: Path | None = None) -> Iterator[int]:
     finally:
         forward.terminate()
         forward.wait(timeout=10)
+
+
+def recap_changed(output: str) -> dict[str, int]:
+    """Each host's `changed` count in the PLAY RECAP of an ansible-playbook run's output."""
+    recap = re.finditer(r"^(\S+)\s+: ok=\d+\s+changed=(\d+)", output, re.M)
+    return {m.group(1): int(m.group(2)) for m in recap}

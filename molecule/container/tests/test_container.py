@@ -20,13 +20,12 @@ In file order, building on each other:
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import sys
 from typing import Any
 
 from openai import OpenAI
-from scenario_hosts import address, on_host
+from scenario_hosts import address, on_host, recap_changed
 
 from vllm_fleet.loadgen import LoadGenerator
 from vllm_fleet.paths import cache_dir, project_dir
@@ -64,11 +63,6 @@ def _main_pid(host: str, unit: str) -> int:
 def _all_pids() -> list[int]:
     units = ((HOST, CONTAINER_UNIT), (HOST, PYTHON_UNIT), (REPLICA, REPLICA_UNIT))
     return [_main_pid(host, unit) for host, unit in units]
-
-
-def _recap_changed(output: str) -> dict[str, int]:
-    recap = re.finditer(r"^(\S+)\s+: ok=\d+\s+changed=(\d+)", output, re.M)
-    return {m.group(1): int(m.group(2)) for m in recap}
 
 
 def _ask(model: str) -> str:
@@ -193,7 +187,7 @@ def test_rollback_returns_to_the_first_image_and_the_inventory_then_changes_noth
     pids = _all_pids()
     rc, output, seconds = run_playbook(SITE)
     assert rc == 0, output[-6000:]
-    changed = _recap_changed(output)
+    changed = recap_changed(output)
     assert set(changed) == {HOST, REPLICA, GATEWAY} and set(changed.values()) == {0}, changed
     assert _all_pids() == pids
     print(f"unchanged converge: {seconds:.1f} s")

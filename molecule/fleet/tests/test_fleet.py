@@ -26,7 +26,6 @@ text (the broken revision answers otherwise). Times and counts are printed (pyte
 from __future__ import annotations
 
 import json
-import re
 import urllib.error
 import urllib.request
 from typing import Any
@@ -43,6 +42,7 @@ from fleet_scenario import (
     revision,
     target,
 )
+from scenario_hosts import recap_changed
 
 from vllm_fleet.loadgen import LoadGenerator
 from vllm_fleet.paths import cache_dir
@@ -83,11 +83,6 @@ def _started_at(host: str) -> float:
     """When the host's instance process started (seconds; the hosts share one kernel clock)."""
     started = on_host(host, "systemctl", "show", "-p", "ExecMainStartTimestampMonotonic", "--value", UNIT)
     return int(started) / 1e6
-
-
-def _recap_changed(output: str) -> dict[str, int]:
-    recap = re.finditer(r"^(\S+)\s+: ok=\d+\s+changed=(\d+)", output, re.M)
-    return {m.group(1): int(m.group(2)) for m in recap}
 
 
 def _under_load(run: Any) -> tuple[Any, LoadGenerator]:
@@ -177,7 +172,7 @@ def test_a_second_converge_changes_nothing(run_playbook) -> None:
     rc, output, seconds = run_playbook(SITE, target(SECOND))
     assert rc == 0, output[-6000:]
     assert [_main_pid(h) for h in VLLM_HOSTS] == pids
-    changed = _recap_changed(output)
+    changed = recap_changed(output)
     assert set(changed) == {*VLLM_HOSTS, GATEWAY} and set(changed.values()) == {0}, changed
     print(f"unchanged converge of the fleet: {seconds:.1f} s")
 
