@@ -676,6 +676,7 @@ def parse_listeners(ss_output: str, containers: Mapping[str, str] | None = None)
     listener in a container's scope belongs to the unit of that container's instance: `containers`
     maps the engines' container IDs to names (`<engine> ps --no-trunc`), vllm-<name> to its unit.
     """
+    containers = containers or {}
     listeners = []
     for line in ss_output.splitlines():
         fields = line.split()
@@ -685,8 +686,9 @@ def parse_listeners(ss_output: str, containers: Mapping[str, str] | None = None)
         leaf = cgroup.rstrip("/").rsplit("/", 1)[-1]
         unit = leaf if leaf.endswith(".service") else None
         scope = CONTAINER_SCOPE.match(leaf)
-        if scope and (containers or {}).get(scope.group("id"), "").startswith("vllm-"):
-            unit = f"{(containers or {})[scope.group('id')]}.service"
+        container = containers.get(scope.group("id"), "") if scope else ""
+        if container.startswith("vllm-"):
+            unit = f"{container}.service"
         listeners.append({"port": int(fields[3].rsplit(":", 1)[-1]), "unit": unit})
     return listeners
 
